@@ -1,0 +1,56 @@
+# Catwalk's front door: `make run` serves the whole product, `make test` runs the suite.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint format check-migrations bench conformance clean help
+
+help:
+	@echo "make run    - install, migrate and serve Catwalk on http://$(HOST):$(PORT)"
+	@echo "make test   - run the test suite (SQLite, or DATABASE_URL / REDIS_URL when set)"
+	@echo "make lint   - ruff"
+	@echo "make bench  - relay benchmarks, written to docs/benchmarks.md"
+
+$(PY):
+	@interpreter=$$(scripts/find-python) || exit 1; \
+	echo "Creating $(VENV) with $$interpreter"; \
+	"$$interpreter" -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(PY)
+	$(BIN)/pip install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	@touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	@echo
+	@echo "  Catwalk is starting on http://$(HOST):$(PORT)  (Ctrl-C stops everything)"
+	@echo "  Create your account at http://$(HOST):$(PORT)/accounts/signup/"
+	@$(PY) manage.py admin_link | sed 's/^/  /'
+	@echo
+	CATWALK_HOST=$(HOST) CATWALK_PORT=$(PORT) $(BIN)/honcho --procfile Procfile.dev start
+
+test: $(VENV)/.installed-dev
+	CATWALK_TESTING=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+check-migrations: $(VENV)/.installed-dev
+	$(PY) manage.py makemigrations --check --dry-run
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

@@ -1,0 +1,91 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path, reverse_lazy
+
+from analysis import views as analysis_views
+from catwalk import views
+from deployments import views as deployment_views
+
+FORM = "accounts/form.html"
+
+
+def _form(title: str, submit: str, **extra) -> dict:
+    return {"template_name": FORM, "extra_context": {"title": title, "submit": submit, **extra}}
+
+
+def _notice(title: str, text: str) -> dict:
+    return {
+        "template_name": "accounts/notice.html",
+        "extra_context": {"title": title, "text": text},
+    }
+
+
+account_patterns = [
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(
+            redirect_authenticated_user=True, **_form("Sign in", "Sign in")
+        ),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path(
+        "accounts/password/change/",
+        auth_views.PasswordChangeView.as_view(**_form("Change your password", "Change password")),
+        name="password_change",
+    ),
+    path(
+        "accounts/password/change/done/",
+        auth_views.PasswordChangeDoneView.as_view(
+            **_notice("Password changed", "Your password has been changed.")
+        ),
+        name="password_change_done",
+    ),
+    path(
+        "accounts/password/reset/",
+        auth_views.PasswordResetView.as_view(
+            success_url=reverse_lazy("password_reset_done"),
+            **_form("Reset your password", "Send reset link"),
+        ),
+        name="password_reset",
+    ),
+    path(
+        "accounts/password/reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(
+            **_notice(
+                "Check your e-mail",
+                "If an account uses that address, a link to reset its password is on its way.",
+            )
+        ),
+        name="password_reset_done",
+    ),
+    path(
+        "accounts/password/reset/<uidb64>/<token>/",
+        auth_views.PasswordResetConfirmView.as_view(
+            **_form("Choose a new password", "Set password")
+        ),
+        name="password_reset_confirm",
+    ),
+    path(
+        "accounts/password/reset/complete/",
+        auth_views.PasswordResetCompleteView.as_view(
+            **_notice("Password set", "Your new password is set. You can sign in with it now.")
+        ),
+        name="password_reset_complete",
+    ),
+    path("setup/claim-admin/<str:token>/", views.claim_admin, name="claim-admin"),
+]
+
+urlpatterns = [
+    path("", deployment_views.dashboard, name="dashboard"),
+    path(
+        "deployments/<uuid:deployment_id>/",
+        deployment_views.deployment_detail,
+        name="deployment-detail",
+    ),
+    path("analyses/<int:analysis_id>/", analysis_views.analysis_detail, name="analysis-detail"),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    *account_patterns,
+]

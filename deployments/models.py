@@ -1,0 +1,354 @@
+"""Deployments: what a user wants running, the secrets it needs, who may call it, what happened."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models, transaction
+from django.utils import timezone
+
+from deployments import crypto
+
+ENV_NAME_VALIDATOR = RegexValidator(
+    r"^[A-Za-z_][A-Za-z0-9_]*$",
+    "Use letters, digits and underscores, not starting with a digit.",
+)
+SLUG_VALIDATOR = RegexValidator(
+    r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
+    "Use lowercase letters, digits and hyphens (1 to 63 characters, no hyphen at either end).",
+)
+
+
+class Runtime(models.TextChoices):
+    LOCAL = "local", "This host"
+    FLY = "fly", "Fly.io Machines"
+
+
+class ProcessModel(models.TextChoices):
+    SHARED = "shared", "Shared: one server process for all sessions"
+    ISOLATED = "isolated", "Isolated: one server process per session"
+
+
+class PackageRegistry(models.TextChoices):
+    NPM = "npm", "npm"
+    PYPI = "pypi", "PyPI"
+    OCI = "oci", "OCI image"
+    SOURCE = "source", "Built from source"
+
+
+class DesiredState(models.TextChoices):
+    RUNNING = "running", "Running"
+    STOPPED = "stopped", "Stopped"
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    SLEEPING = "sleeping", "Sleeping"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+    CRASHED = "crashed", "Crashed"
+    FAILED = "failed", "Failed"
+
+
+# Which status may follow which. Anything else is a bug in a reconciler and is refused.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.PENDING: frozenset({Status.STARTING, Status.STOPPED, Status.FAILED}),
+    Status.STARTING: frozenset(
+        {Status.RUNNING, Status.STOPPING, Status.CRASHED, Status.FAILED, Status.STOPPED}
+    ),
+    Status.RUNNING: frozenset(
+        {Status.SLEEPING, Status.STOPPING, Status.CRASHED, Status.STARTING, Status.FAILED}
+    ),
+    Status.SLEEPING: frozenset({Status.STARTING, Status.STOPPING, Status.STOPPED}),
+    Status.STOPPING: frozenset({Status.STOPPED, Status.FAILED}),
+    Status.STOPPED: frozenset({Status.STARTING}),
+    Status.CRASHED: frozenset({Status.STARTING, Status.STOPPING, Status.STOPPED}),
+    Status.FAILED: frozenset({Status.STARTING, Status.STOPPING, Status.STOPPED}),
+}
+
+
+class TransitionError(Exception):
+    """A status change that the lifecycle does not allow."""
+
+
+class Deployment(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="deployments"
+    )
+    name = models.CharField(max_length=63, validators=[SLUG_VALIDATOR])
+    analysis = models.ForeignKey(
+        "analysis.Analysis",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deployments",
+    )
+
+    package_registry = models.CharField(max_length=10, choices=PackageRegistry.choices)
+    package_name = models.CharField(max_length=255)
+    package_version = models.CharField(max_length=100, blank=True)
+    entry_command = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Executable to run where the package alone is not enough.",
+    )
+    entry_args = models.JSONField(default=list, blank=True)
+
+    runtime = models.CharField(max_length=10, choices=Runtime.choices, default=Runtime.LOCAL)
+    runtime_settings = models.JSONField(default=dict, blank=True)
+    process_model = models.CharField(
+        max_length=10, choices=ProcessModel.choices, default=ProcessModel.SHARED
+    )
+    allowed_origins = models.JSONField(
+        default=list, blank=True, help_text="Browser origins allowed to call the endpoint (CORS)."
+    )
+
+    desired_state = models.CharField(
+        max_length=10, choices=DesiredState.choices, default=DesiredState.RUNNING
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    status_detail = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    last_active_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="deployment_unique_owner_name")
+        ]
+        indexes = [models.Index(fields=["runtime", "desired_state"])]
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def package_spec(self) -> str:
+        if not self.package_version:
+            return f"{self.package_registry}:{self.package_name}"
+        joiner = "==" if self.package_registry == PackageRegistry.PYPI else "@"
+        if self.package_registry == PackageRegistry.OCI:
+            joiner = ":"
+        return f"{self.package_registry}:{self.package_name}{joiner}{self.package_version}"
+
+    @property
+    def endpoint_path(self) -> str:
+        return f"/mcp/{self.id}"
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"{settings.PUBLIC_URL}{self.endpoint_path}"
+
+    def move_to(self, status: str, detail: str = "", actor=None) -> bool:
+        """Change status (and record it in the event log); returns False if already there.
+
+        Locks the row so the supervisor, a worker and a web request cannot interleave.
+        """
+        with transaction.atomic():
+            current = Deployment.objects.select_for_update().only("status").get(pk=self.pk)
+            if current.status == status:
+                if detail:
+                    Deployment.objects.filter(pk=self.pk).update(status_detail=detail)
+                    self.status_detail = detail
+                self.status = status
+                return False
+            if status not in TRANSITIONS[current.status]:
+                raise TransitionError(
+                    f"deployment {self.pk} cannot go from {current.status} to {status}"
+                )
+            now = timezone.now()
+            Deployment.objects.filter(pk=self.pk).update(
+                status=status, status_detail=detail, status_changed_at=now, updated_at=now
+            )
+            DeploymentEvent.objects.create(
+                deployment_id=self.pk,
+                kind=EventKind.STATUS,
+                status=status,
+                message=detail or f"Status changed from {current.status} to {status}.",
+                actor=actor,
+            )
+        self.status, self.status_detail, self.status_changed_at = status, detail, now
+        return True
+
+    def set_desired_state(self, desired: str, actor=None) -> None:
+        with transaction.atomic():
+            updated = (
+                Deployment.objects.filter(pk=self.pk)
+                .exclude(desired_state=desired)
+                .update(desired_state=desired, updated_at=timezone.now())
+            )
+            if updated:
+                DeploymentEvent.objects.create(
+                    deployment_id=self.pk,
+                    kind=EventKind.ACTION,
+                    message=f"{'Start' if desired == DesiredState.RUNNING else 'Stop'} requested.",
+                    actor=actor,
+                )
+        self.desired_state = desired
+
+    def credential_environment(self) -> dict[str, str]:
+        """The decrypted credentials, for the child process only. Never log or render this."""
+        return {c.name: c.get_value() for c in self.credentials.all()}
+
+
+class Credential(models.Model):
+    """One environment variable of a deployment, encrypted at rest and write-only."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="credentials")
+    name = models.CharField(max_length=255, validators=[ENV_NAME_VALIDATOR])
+    encrypted_value = crypto.EncryptedTextField()
+    is_secret = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "name"], name="credential_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_value(self, plaintext: str) -> None:
+        self.encrypted_value = crypto.encrypt(plaintext)
+
+    def get_value(self) -> str:
+        return crypto.decrypt(self.encrypted_value, what=f"credential {self.name}")
+
+
+TOKEN_PREFIX = "cwk_"  # noqa: S105 - a marker, not a secret
+TOKEN_VISIBLE_CHARS = 12
+
+
+def hash_token(token: str) -> str:
+    # Tokens carry 256 random bits, so a fast hash is safe: there is nothing to brute-force.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AccessTokenQuerySet(models.QuerySet):
+    def active(self) -> AccessTokenQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class AccessToken(models.Model):
+    """A bearer token for one deployment's endpoint. Only its hash is stored."""
+
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="access_tokens"
+    )
+    label = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=TOKEN_VISIBLE_CHARS, editable=False)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = AccessTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.prefix}…)"
+
+    @classmethod
+    def issue(
+        cls, deployment: Deployment, label: str, expires_at: datetime | None = None
+    ) -> tuple[AccessToken, str]:
+        """Create a token; the plaintext is returned once and never stored."""
+        plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(
+            deployment=deployment,
+            label=label,
+            prefix=plaintext[:TOKEN_VISIBLE_CHARS],
+            token_hash=hash_token(plaintext),
+            expires_at=expires_at,
+        )
+        return token, plaintext
+
+    @property
+    def is_active(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            AccessToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+                revoked_at=self.revoked_at
+            )
+
+
+class CallOutcome(models.TextChoices):
+    OK = "ok", "OK"
+    ERROR = "error", "Error"
+    TIMEOUT = "timeout", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
+    REJECTED = "rejected", "Rejected"
+
+
+class ToolCall(models.Model):
+    """One MCP request through the gateway. Never holds argument values or secrets."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="tool_calls")
+    token = models.ForeignKey(
+        AccessToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="tool_calls"
+    )
+    session_id = models.CharField(max_length=128, blank=True)
+    method = models.CharField(max_length=100)
+    target = models.CharField(
+        max_length=255, blank=True, help_text="Tool, resource or prompt name."
+    )
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    outcome = models.CharField(max_length=10, choices=CallOutcome.choices)
+    error_code = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["deployment", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.target}".strip()
+
+
+class EventKind(models.TextChoices):
+    STATUS = "status", "Status"
+    ACTION = "action", "Action"
+    CONFIG = "config", "Configuration"
+    ERROR = "error", "Error"
+
+
+class DeploymentEvent(models.Model):
+    """The lifecycle history of a deployment, as shown to its owner."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(auto_now_add=True)
+    kind = models.CharField(max_length=10, choices=EventKind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, blank=True)
+    message = models.TextField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["deployment", "-created_at"])]
+
+    def __str__(self) -> str:
+        return self.message
