@@ -52,5 +52,17 @@ format: $(VENV)/.installed-dev
 check-migrations: $(VENV)/.installed-dev
 	$(PY) manage.py makemigrations --check --dry-run
 
+CONFORMANCE_DEPS := tools/conformance/node_modules/.package-lock.json
+$(CONFORMANCE_DEPS): tools/conformance/package.json tools/conformance/package-lock.json
+	cd tools/conformance && npm ci --no-audit --no-fund
+
+# The official MCP conformance suites through the whole of Catwalk (gateway, supervisor,
+# bridge) in front of the stdio fixture server; a proxy adds the bearer token the suites
+# cannot send. MODE=isolated runs the per-session process model.
+conformance: $(VENV)/.installed-dev $(CONFORMANCE_DEPS)
+	$(PY) tools/conformance/run.py 'http://127.0.0.1:{port}/mcp' --ready-timeout 180 \
+	  --start '$(abspath $(PY)) -m mcpgateway.stack --port {port} --auth-proxy \
+	  $(if $(filter isolated,$(MODE)),--isolated) -- $(abspath $(PY)) -m mcpgateway.fixture_server'
+
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

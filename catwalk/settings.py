@@ -8,6 +8,7 @@ defaults are refused. Every variable is listed in README.md.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.utils.csp import CSP
@@ -113,6 +114,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    if TESTING:
+        # A file, not pytest-django's in-memory default, so that the supervisor and bridges the
+        # tests start as subprocesses see the same test database. Per process: runs in parallel
+        # (two checkouts sharing a data folder) must not clobber each other's database.
+        DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-db-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = config.read_int("DATABASE_CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -252,6 +258,37 @@ TOOL_CALL_RETENTION_DAYS = config.read_int("TOOL_CALL_RETENTION_DAYS", 30, minim
 ANALYSIS_TIMEOUT_SECONDS = config.read_int("ANALYSIS_TIMEOUT_SECONDS", 900, minimum=30)
 ADMIN_CLAIM_MAX_AGE_SECONDS = 24 * 3600
 
+# --- Local runtime: the supervisor (`manage.py supervise`) and its bridges --------------------
+# A running deployment with no request for this long is stopped and sleeps until the next
+# request wakes it; 0 keeps deployments running.
+LOCAL_IDLE_TIMEOUT_SECONDS = config.read_int("LOCAL_IDLE_TIMEOUT_SECONDS", 900)
+# How long a bridge may take to answer `tools/list` after starting (a first `npx` or `uvx`
+# download included) before the start counts as failed.
+LOCAL_START_TIMEOUT_SECONDS = config.read_int("LOCAL_START_TIMEOUT_SECONDS", 300, minimum=10)
+# Host settings MCP servers get from the supervisor's environment (the rest of it never reaches
+# them): how to trust TLS and reach the registries through a proxy, so npx and uvx can download.
+LOCAL_PASSTHROUGH_ENV = config.read_list(
+    "LOCAL_PASSTHROUGH_ENV",
+    [
+        *("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE"),
+        *("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"),
+    ],
+)
+if _leaks := [
+    n
+    for n in LOCAL_PASSTHROUGH_ENV
+    if n.upper().startswith(("CATWALK_", "DJANGO_"))
+    or n.upper() in {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "EMAIL_URL"}
+]:
+    raise SettingError(
+        "LOCAL_PASSTHROUGH_ENV",
+        f"Catwalk's own settings must not reach MCP servers: {', '.join(_leaks)}",
+    )
+# --- end of the local runtime's settings ----------------------------------------------------
+
+GATEWAY_MAX_BODY_BYTES = config.read_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+GATEWAY_WAKE_TIMEOUT_SECONDS = config.read_int("GATEWAY_WAKE_TIMEOUT_SECONDS", 60, minimum=1)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -263,5 +300,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": config.read("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # One line per request: the supervisor's health checks would drown everything else.
+        "httpx": {"level": "WARNING"},
+    },
 }

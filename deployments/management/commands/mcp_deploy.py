@@ -1,0 +1,115 @@
+"""`python manage.py mcp_deploy`: deploy a package on this host and print its endpoint and token."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from deployments import services
+from deployments.models import ProcessModel
+from deployments.runtimes.base import PackageError
+from deployments.supervisor import supervisor_is_running
+
+DEFAULT_TIMEOUT_SECONDS = 300.0
+
+
+def _assignment(value: str) -> tuple[str, str]:
+    key, separator, content = value.partition("=")
+    if not separator or not key:
+        raise CommandError(f"--env {value!r}: expected NAME=VALUE")
+    return key, content
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a local deployment of an npm or PyPI MCP server, wait until it answers "
+        'tools/list, and print {"id", "endpoint", "token"} as one JSON line. '
+        "Needs a running supervisor (`manage.py supervise`, part of `make run`)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--user", required=True, help="Username of the owner.")
+        parser.add_argument(
+            "--package",
+            required=True,
+            metavar="npm:NAME[@VERSION]|pypi:NAME[==VERSION]",
+        )
+        parser.add_argument(
+            "--env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="A credential for the server's environment (repeatable); stored encrypted.",
+        )
+        parser.add_argument("--name", help="Deployment name (default: from the package name).")
+        parser.add_argument(
+            "--isolated",
+            action="store_true",
+            help="One server process per MCP session instead of one shared process.",
+        )
+        parser.add_argument(
+            "--entry",
+            default="",
+            metavar="CMD",
+            help="The package's executable to run, or an absolute path to run instead.",
+        )
+        parser.add_argument(
+            "--arg",
+            action="append",
+            default=[],
+            metavar="ARG",
+            help="An argument for the server (repeatable; write --arg=-x for a dash).",
+        )
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_TIMEOUT_SECONDS,
+            metavar="SECONDS",
+            help=f"How long to wait for the server (default {DEFAULT_TIMEOUT_SECONDS:g}).",
+        )
+
+    def handle(self, *args, **options) -> None:
+        try:
+            owner = get_user_model().objects.get(username=options["user"])
+        except get_user_model().DoesNotExist:
+            raise CommandError(f"no user named {options['user']!r}") from None
+        try:
+            package = services.parse_package_spec(options["package"])
+        except PackageError as exc:
+            raise CommandError(f"--package: {exc}") from None
+        environment = dict(_assignment(value) for value in options["env"])
+        if len(environment) != len(options["env"]):
+            raise CommandError("--env: a variable is given more than once")
+        if options["timeout"] <= 0:
+            raise CommandError("--timeout must be positive")
+        if not supervisor_is_running():
+            raise CommandError(
+                "no supervisor is running for this data folder: start "
+                "`python manage.py supervise` (or `make run`) first"
+            )
+        try:
+            deployment, token = services.create_deployment(
+                owner,
+                package,
+                name=options["name"],
+                environment=environment,
+                process_model=ProcessModel.ISOLATED if options["isolated"] else ProcessModel.SHARED,
+                entry_command=options["entry"],
+                entry_args=options["arg"],
+                issued_to="mcp_deploy",
+            )
+        except services.DeploymentError as exc:
+            raise CommandError(str(exc)) from None
+        self.stderr.write(f"Created {deployment.name} ({deployment.id}); waiting for it to start…")
+        try:
+            tools = services.wait_until_ready(deployment, options["timeout"])
+        except services.DeploymentNotReady as exc:
+            raise CommandError(str(exc)) from None
+        self.stderr.write(f"Running with {len(tools)} tools.")
+        self.stdout.write(
+            json.dumps(
+                {"id": str(deployment.id), "endpoint": deployment.endpoint_url, "token": token}
+            )
+        )

@@ -1,0 +1,304 @@
+"""The local runtime: each deployment is a bridge process on this host, owned by the supervisor.
+
+Web requests never spawn processes: `apply()` and `wake()` only change the database (and nudge
+the supervisor so it need not wait for its next poll). `manage.py supervise`
+(`deployments/supervisor.py`) reconciles, using the paths and the launch specification built
+here.
+
+Per deployment, under `DATA_DIR/run/<id>/`: `bridge.sock` (the bridge's HTTP socket; in a short
+private folder under /tmp when DATA_DIR is too deep for the 108-byte unix socket limit),
+`bridge.pid`, `bridge.log` (the bridge's own output), `stderr.log` (the MCP server's stderr,
+rotated by the bridge to `stderr.log.1`), and the server's `home/`, `work/` and `tmp/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import stat
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+from django.conf import settings
+from django.db import transaction
+
+from deployments.models import Deployment, Status
+from deployments.runtimes.base import (
+    Endpoint,
+    Runtime,
+    bridge_secret,
+    deployment_command,
+    register,
+)
+
+# sun_path holds 108 bytes including the terminating NUL.
+SOCKET_PATH_MAX = 107
+BRIDGE_MODULE = "mcpgateway.bridge"
+SECRET_HEADER = "X-Catwalk-Bridge-Secret"  # noqa: S105 - a header name
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def run_root() -> Path:
+    return settings.DATA_DIR / "run"
+
+
+def cache_root() -> Path:
+    return settings.DATA_DIR / "cache"
+
+
+def short_socket_dir() -> Path:
+    """A private folder for sockets whose path under DATA_DIR would be too long."""
+    digest = hashlib.sha256(str(settings.DATA_DIR).encode()).hexdigest()[:12]
+    # /tmp itself, not $TMPDIR: the point is a short path. ensure_private_dir refuses a folder
+    # someone else planted there.
+    return Path("/tmp") / f"catwalk-{digest}"  # noqa: S108
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (mode 0700) or check that an existing one is ours and private."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise PermissionError(
+            f"{path} must be a directory owned by uid {os.geteuid()} with mode 0700"
+        )
+    return path
+
+
+def _socket_path(preferred: Path, short_name: str) -> Path:
+    if len(os.fsencode(preferred)) <= SOCKET_PATH_MAX:
+        return preferred
+    return short_socket_dir() / short_name
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one deployment's bridge keeps its files."""
+
+    root: Path
+    socket: Path
+    pidfile: Path
+    bridge_log: Path
+    stderr_log: Path
+    home: Path
+    work: Path
+    tmp: Path
+
+    def prepare(self) -> None:
+        ensure_private_dir(run_root())
+        ensure_private_dir(self.root)
+        for folder in (self.home, self.work, self.tmp):
+            folder.mkdir(mode=0o700, exist_ok=True)
+        ensure_private_dir(self.socket.parent)
+
+    def remove(self) -> None:
+        """Delete everything of this deployment (its bridge must be gone)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+
+def run_paths(deployment_id: object) -> RunPaths:
+    root = run_root() / str(deployment_id)
+    hex_id = str(deployment_id).replace("-", "")
+    return RunPaths(
+        root=root,
+        socket=_socket_path(root / "bridge.sock", f"{hex_id}.sock"),
+        pidfile=root / "bridge.pid",
+        bridge_log=root / "bridge.log",
+        stderr_log=root / "stderr.log",
+        home=root / "home",
+        work=root / "work",
+        tmp=root / "tmp",
+    )
+
+
+def nudge_path() -> Path:
+    """The datagram socket the supervisor listens on to start a pass at once."""
+    return _socket_path(run_root() / "supervisor.nudge", "supervisor.nudge")
+
+
+def nudge_supervisor() -> None:
+    """Tell a running supervisor to reconcile now; does nothing when none listens."""
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+    ):
+        sock.setblocking(False)
+        sock.sendto(b"!", os.fsencode(nudge_path()))
+
+
+# --- The bridge's identity on disk -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    """A bridge as the supervisor started it: the start time and socket rule out pid reuse."""
+
+    pid: int
+    create_time: float
+    socket: str
+
+    def write(self, path: Path) -> None:
+        staging = path.with_name(path.name + ".tmp")
+        staging.write_text(json.dumps(asdict(self)))
+        os.replace(staging, path)
+
+    @classmethod
+    def read(cls, path: Path) -> PidRecord | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(int(data["pid"]), float(data["create_time"]), str(data["socket"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def find_process(self) -> psutil.Process | None:
+        """The live process this record describes, or None if it is gone or was replaced."""
+        try:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.create_time) > 0.01:
+                return None
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            cmdline = process.cmdline()
+        except psutil.Error:
+            return None
+        if BRIDGE_MODULE not in cmdline or f"unix:{self.socket}" not in cmdline:
+            return None
+        return process
+
+
+# --- What the bridge runs as -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start a deployment's bridge; a sandbox launcher wraps this."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+
+
+def _tool_path() -> str:
+    """PATH for the server: this interpreter's bin folder (uv, uvx), node's folder, system."""
+    folders = [os.path.dirname(sys.executable)]
+    node = shutil.which("node")
+    if node:
+        folders.append(os.path.dirname(node))
+    folders.extend(SYSTEM_PATH)
+    return os.pathsep.join(dict.fromkeys(folders))
+
+
+def child_environment(deployment: Deployment, paths: RunPaths) -> dict[str, str]:
+    """The MCP server's whole environment: nothing of Catwalk's own, plus its credentials.
+
+    Of the supervisor's environment only the host's TLS and proxy settings pass
+    (`LOCAL_PASSTHROUGH_ENV`).
+
+    Raises DecryptionError when a credential cannot be decrypted. The npm and uv caches are
+    shared between deployments so cold starts reuse downloads (sandboxing will split them).
+    """
+    environment = {
+        "PATH": _tool_path(),
+        "HOME": str(paths.home),
+        "TMPDIR": str(paths.tmp),
+        "LANG": "C.UTF-8",
+        "npm_config_cache": str(cache_root() / "npm"),
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+        "UV_CACHE_DIR": str(cache_root() / "uv"),
+    }
+    for name in settings.LOCAL_PASSTHROUGH_ENV:
+        if name in os.environ:
+            environment[name] = os.environ[name]
+    for name, value in deployment.credential_environment().items():
+        # The bridge consumes (and strips) its own CATWALK_BRIDGE_* variables.
+        if not name.startswith("CATWALK_BRIDGE_"):
+            environment[name] = value
+    return environment
+
+
+def launch_spec(deployment: Deployment) -> LaunchSpec:
+    """The bridge command for a deployment. Raises PackageError or DecryptionError."""
+    paths = run_paths(deployment.id)
+    server = deployment_command(
+        deployment,
+        uvx=os.path.join(os.path.dirname(sys.executable), "uvx"),
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        BRIDGE_MODULE,
+        "--listen",
+        f"unix:{paths.socket}",
+        "--mode",
+        deployment.process_model,
+        "--stderr-log",
+        str(paths.stderr_log),
+        "--cwd",
+        str(paths.work),
+        "--",
+        *server,
+    ]
+    env = child_environment(deployment, paths)
+    env["CATWALK_BRIDGE_SECRET"] = bridge_secret(deployment.id)
+    # The project folder as working directory is what makes `-m mcpgateway.bridge` importable,
+    # without a PYTHONPATH that the MCP server would inherit.
+    return LaunchSpec(argv=argv, env=env, cwd=str(settings.BASE_DIR))
+
+
+def tail_lines(path: Path, count: int, chunk: int = 64 * 1024) -> list[str]:
+    """The last `count` lines of a text file, reading only its end."""
+    if count <= 0:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            position = handle.tell()
+            data = b""
+            while position > 0 and data.count(b"\n") <= count:
+                step = min(chunk, position)
+                position -= step
+                handle.seek(position)
+                data = handle.read(step) + data
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[-count:]
+
+
+@register
+class LocalRuntime(Runtime):
+    kind = "local"
+
+    def apply(self, deployment: Deployment) -> None:
+        nudge_supervisor()
+
+    def wake(self, deployment: Deployment) -> None:
+        with transaction.atomic():
+            current = Deployment.objects.select_for_update().only("status").get(pk=deployment.pk)
+            if current.status == Status.SLEEPING:
+                deployment.move_to(Status.STARTING, "Waking up for a request.")
+        nudge_supervisor()
+
+    def endpoint(self, deployment: Deployment) -> Endpoint:
+        return Endpoint(
+            unix_socket=str(run_paths(deployment.id).socket),
+            headers={SECRET_HEADER: bridge_secret(deployment.id)},
+        )
+
+    def logs(self, deployment: Deployment, lines: int = 200) -> list[str]:
+        paths = run_paths(deployment.id)
+        recent = tail_lines(paths.stderr_log, lines)
+        if len(recent) < lines:
+            rotated = paths.stderr_log.with_name(paths.stderr_log.name + ".1")
+            recent = tail_lines(rotated, lines - len(recent)) + recent
+        return recent

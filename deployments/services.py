@@ -1,0 +1,262 @@
+"""Deployment operations that span models or talk to a runtime.
+
+Views, tasks and management commands parse their input and call one function here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from deployments.models import (
+    ENV_NAME_VALIDATOR,
+    TOKEN_PREFIX,
+    TOKEN_VISIBLE_CHARS,
+    AccessToken,
+    Credential,
+    Deployment,
+    DeploymentEvent,
+    DesiredState,
+    EventKind,
+    PackageRegistry,
+    ProcessModel,
+    Runtime,
+    Status,
+    hash_token,
+)
+from deployments.runtimes.base import (
+    PackageError,
+    ProbeError,
+    get_runtime,
+    list_tools,
+    package_command,
+)
+
+RESERVED_ENV_PREFIX = "CATWALK_BRIDGE_"
+NAME_MAX = 63
+LOG_LINES_ON_ERROR = 20
+
+
+class DeploymentError(ValueError):
+    """A deployment cannot be created or changed as asked; the message says why."""
+
+
+class DeploymentNotReady(Exception):
+    """A deployment did not start serving; the message carries its status and last logs."""
+
+
+class TokenNotFound(LookupError):
+    """No single token matches the reference."""
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    registry: str
+    name: str
+    version: str = ""
+
+
+def parse_package_spec(spec: str) -> PackageSpec:
+    """Parse `npm:NAME[@VERSION]` or `pypi:NAME[==VERSION]`. Raises PackageError."""
+    registry, separator, rest = spec.partition(":")
+    if not separator or not rest:
+        raise PackageError(f"{spec!r} is not npm:NAME[@VERSION] or pypi:NAME[==VERSION]")
+    if registry == PackageRegistry.NPM:
+        # A scoped name starts with "@", so the version is after a later "@".
+        at = rest.find("@", 1)
+        name, version = (rest, "") if at < 0 else (rest[:at], rest[at + 1 :])
+    elif registry == PackageRegistry.PYPI:
+        name, _, version = rest.partition("==")
+    else:
+        raise PackageError(f"unknown registry {registry!r}: use npm: or pypi:")
+    if not version and rest != name:
+        raise PackageError(f"{spec!r} has an empty version")
+    package_command(registry, name, version)
+    return PackageSpec(registry, name, version)
+
+
+def default_name(package_name: str) -> str:
+    """A deployment name from a package name: `@scope/server-x` → `server-x`."""
+    base = slugify(package_name.rsplit("/", 1)[-1].replace("_", "-").replace(".", "-"))
+    base = re.sub(r"-{2,}", "-", base).strip("-")[:NAME_MAX].strip("-")
+    return base or "server"
+
+
+def unique_name(owner, base: str) -> str:
+    taken = set(
+        Deployment.objects.filter(owner=owner, name__startswith=base).values_list("name", flat=True)
+    )
+    if base not in taken:
+        return base
+    counter = 2
+    while True:
+        suffix = f"-{counter}"
+        candidate = base[: NAME_MAX - len(suffix)].rstrip("-") + suffix
+        if candidate not in taken:
+            return candidate
+        counter += 1
+
+
+def _check_environment(environment: dict[str, str]) -> None:
+    for key in environment:
+        try:
+            ENV_NAME_VALIDATOR(key)
+        except ValidationError:
+            raise DeploymentError(
+                f"{key!r} is not an environment variable name "
+                "(letters, digits and underscores, not starting with a digit)"
+            ) from None
+        if key.startswith(RESERVED_ENV_PREFIX):
+            raise DeploymentError(f"{key!r}: names starting {RESERVED_ENV_PREFIX} are reserved")
+
+
+def create_deployment(
+    owner,
+    package: PackageSpec,
+    *,
+    name: str | None = None,
+    environment: dict[str, str] | None = None,
+    process_model: str = ProcessModel.SHARED,
+    entry_command: str = "",
+    entry_args: list[str] | None = None,
+    runtime: str = Runtime.LOCAL,
+    issued_to: str,
+) -> tuple[Deployment, str]:
+    """Create a deployment with its encrypted credentials and a first access token.
+
+    `issued_to` labels the first access token. Returns the deployment and the token's plaintext
+    (shown once). Raises DeploymentError.
+    The runtime is told once the transaction has committed.
+    """
+    environment = environment or {}
+    entry_args = entry_args or []
+    try:
+        package_command(package.registry, package.name, package.version, entry_command, entry_args)
+    except PackageError as exc:
+        raise DeploymentError(str(exc)) from None
+    _check_environment(environment)
+    if name is None:
+        name = unique_name(owner, default_name(package.name))
+    elif Deployment.objects.filter(owner=owner, name=name).exists():
+        raise DeploymentError(f"{owner} already has a deployment named {name!r}")
+    deployment = Deployment(
+        owner=owner,
+        name=name,
+        package_registry=package.registry,
+        package_name=package.name,
+        package_version=package.version,
+        entry_command=entry_command,
+        entry_args=entry_args,
+        runtime=runtime,
+        process_model=process_model,
+    )
+    try:
+        deployment.full_clean(validate_constraints=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items()
+        )
+        raise DeploymentError(problems) from None
+    try:
+        with transaction.atomic():
+            deployment.save()
+            for key, value in environment.items():
+                credential = Credential(deployment=deployment, name=key)
+                credential.set_value(value)
+                credential.save()
+            DeploymentEvent.objects.create(
+                deployment=deployment,
+                kind=EventKind.CONFIG,
+                message=f"Created to run {deployment.package_spec}.",
+                actor=owner,
+            )
+            _, token = AccessToken.issue(deployment, issued_to)
+    except IntegrityError:
+        raise DeploymentError(f"{owner} already has a deployment named {name!r}") from None
+    _apply_on_commit(deployment)
+    return deployment, token
+
+
+def _apply_on_commit(deployment: Deployment) -> None:
+    transaction.on_commit(lambda: get_runtime(deployment.runtime).apply(deployment))
+
+
+def start_deployment(deployment: Deployment, actor=None) -> None:
+    deployment.set_desired_state(DesiredState.RUNNING, actor=actor)
+    _apply_on_commit(deployment)
+
+
+def stop_deployment(deployment: Deployment, actor=None) -> None:
+    deployment.set_desired_state(DesiredState.STOPPED, actor=actor)
+    _apply_on_commit(deployment)
+
+
+def wait_until_ready(deployment: Deployment, timeout: float, poll: float = 0.25) -> list[str]:
+    """Wait until the deployment runs and a `tools/list` through its endpoint answers.
+
+    Returns the tool names. Raises DeploymentNotReady when it fails or time runs out.
+    """
+    runtime = get_runtime(deployment.runtime)
+    deadline = time.monotonic() + timeout
+    probe_error = ""
+    while True:
+        deployment.refresh_from_db(fields=["status", "status_detail"])
+        if deployment.status == Status.FAILED:
+            raise DeploymentNotReady(_not_ready(deployment, "it failed", probe_error))
+        remaining = deadline - time.monotonic()
+        if deployment.status == Status.RUNNING:
+            try:
+                return list_tools(runtime.endpoint(deployment), timeout=max(remaining, 1.0))
+            except ProbeError as exc:
+                probe_error = str(exc)
+        if remaining <= 0:
+            raise DeploymentNotReady(
+                _not_ready(deployment, f"it was not ready within {timeout:g} s", probe_error)
+            )
+        time.sleep(min(poll, max(remaining, 0.01)))
+
+
+def _not_ready(deployment: Deployment, what: str, probe_error: str) -> str:
+    lines = [
+        f"deployment {deployment.name} ({deployment.id}): {what}; "
+        f"status {deployment.status}: {deployment.status_detail or '(no detail)'}"
+    ]
+    if probe_error:
+        lines.append(f"last tools/list attempt: {probe_error}")
+    logs = get_runtime(deployment.runtime).logs(deployment, LOG_LINES_ON_ERROR)
+    lines.append("last stderr lines:" if logs else "the server wrote nothing to stderr")
+    lines.extend(f"  {line}" for line in logs)
+    return "\n".join(lines)
+
+
+def issue_token(
+    deployment: Deployment, label: str, expires_in_days: int | None = None
+) -> tuple[AccessToken, str]:
+    expires_at = (
+        timezone.now() + timedelta(days=expires_in_days) if expires_in_days is not None else None
+    )
+    return AccessToken.issue(deployment, label, expires_at=expires_at)
+
+
+def find_token(reference: str) -> AccessToken:
+    """A token by id, by its visible prefix, or by the whole token. Raises TokenNotFound."""
+    if reference.isdigit():
+        matches = list(AccessToken.objects.filter(pk=int(reference)))
+    elif reference.startswith(TOKEN_PREFIX) and len(reference) > TOKEN_VISIBLE_CHARS:
+        matches = list(AccessToken.objects.filter(token_hash=hash_token(reference)))
+    elif reference.startswith(TOKEN_PREFIX):
+        matches = list(AccessToken.objects.filter(prefix=reference)[:2])
+    else:
+        raise TokenNotFound(f"{reference!r} is neither a token id nor a prefix ({TOKEN_PREFIX}…)")
+    if not matches:
+        raise TokenNotFound(f"no token matches {reference!r}")
+    if len(matches) > 1:
+        raise TokenNotFound(f"{reference!r} matches several tokens; use the token id")
+    return matches[0]

@@ -1,0 +1,135 @@
+"""Who may call which deployment, answered from a short-lived in-process cache.
+
+The gateway asks two questions per request: is this bearer token valid (and for which
+deployment), and what state is that deployment in. Both answers are cached for at most
+ACCESS_CACHE_SECONDS, so a token revoked in the database stops working on every gateway
+instance within that time without any cross-instance invalidation, while the hot path makes
+no query once a token and deployment are known.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from deployments.models import AccessToken, Deployment, hash_token
+from deployments.runtimes.base import Endpoint, get_runtime
+
+ACCESS_CACHE_SECONDS = 4.0
+NEGATIVE_CACHE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: for now a static access token of one deployment."""
+
+    token_id: int
+    deployment_id: str
+    expires_at: datetime | None
+
+    @property
+    def key(self) -> str:
+        return f"token:{self.token_id}"
+
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    id: str
+    status: str
+    desired_state: str
+    runtime: str
+    allowed_origins: frozenset[str]
+    endpoint: Endpoint
+
+
+class _TtlCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, object]] = {}
+
+    def get(self, key: str) -> tuple[bool, object]:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: str, value: object, ttl: float) -> None:
+        if len(self._entries) > 10_000:
+            now = time.monotonic()
+            self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+        self._entries[key] = (time.monotonic() + ttl, value)
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+_tokens = _TtlCache()
+_deployments = _TtlCache()
+
+
+async def authenticate(token: str) -> Principal | None:
+    token_hash = hash_token(token)
+    found, principal = _tokens.get(token_hash)
+    if not found:
+        principal = await sync_to_async(_load_principal, thread_sensitive=False)(token_hash)
+        _tokens.put(
+            token_hash, principal, ACCESS_CACHE_SECONDS if principal else NEGATIVE_CACHE_SECONDS
+        )
+    if principal is None or principal.is_expired():
+        return None
+    return principal
+
+
+def _load_principal(token_hash: str) -> Principal | None:
+    row = (
+        AccessToken.objects.active()
+        .filter(token_hash=token_hash)
+        .values_list("pk", "deployment_id", "expires_at")
+        .first()
+    )
+    if row is None:
+        return None
+    return Principal(token_id=row[0], deployment_id=str(row[1]), expires_at=row[2])
+
+
+async def deployment_info(deployment_id: str, *, fresh: bool = False) -> DeploymentInfo | None:
+    if not fresh:
+        found, info = _deployments.get(deployment_id)
+        if found:
+            return info
+    info = await sync_to_async(_load_deployment, thread_sensitive=False)(deployment_id)
+    _deployments.put(deployment_id, info, ACCESS_CACHE_SECONDS if info else NEGATIVE_CACHE_SECONDS)
+    return info
+
+
+def forget_deployment(deployment_id: str) -> None:
+    _deployments.drop(deployment_id)
+
+
+def _load_deployment(deployment_id: str) -> DeploymentInfo | None:
+    deployment = Deployment.objects.filter(pk=deployment_id).first()
+    if deployment is None:
+        return None
+    return DeploymentInfo(
+        id=str(deployment.pk),
+        status=deployment.status,
+        desired_state=deployment.desired_state,
+        runtime=deployment.runtime,
+        allowed_origins=frozenset(o.rstrip("/") for o in deployment.allowed_origins),
+        endpoint=get_runtime(deployment.runtime).endpoint(deployment),
+    )
+
+
+async def wake(deployment_id: str) -> None:
+    def _wake() -> None:
+        deployment = Deployment.objects.get(pk=deployment_id)
+        get_runtime(deployment.runtime).wake(deployment)
+
+    await sync_to_async(_wake, thread_sensitive=False)()
+    forget_deployment(deployment_id)

@@ -1,0 +1,410 @@
+"""The public MCP endpoint: `/mcp/<deployment-id>` (+ `/sse` and `/messages` for old clients).
+
+A lean ASGI callable mounted beside Django (no middleware stack on the hot path). Per request
+it validates Host and Origin, authenticates the bearer token (cached), finds the deployment's
+bridge through its runtime, wakes it if it sleeps, relays the request over a pooled connection
+and streams the answer back as it arrives. Sessions belong to the principal that created them:
+the bridge enforces that from the `X-Catwalk-Principal` header set here. One tool-call record
+per JSON-RPC request is queued and written in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from django.utils import timezone
+
+from deployments.models import CallOutcome, DesiredState, Status
+from mcpgateway import access
+from mcpgateway.calllog import CallLog, CallRecord, SseAnswerScanner, error_codes_in, requests_in
+from mcpgateway.relay import Pool, RelayError
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
+
+PATH = re.compile(r"^/mcp/([0-9a-fA-F-]{36})(/sse|/messages)?/?$")
+FORWARDED_HEADERS = frozenset(
+    {b"accept", b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"last-event-id"}
+)
+DROPPED_ANSWER_HEADERS = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"}
+)
+CORS_ALLOW_HEADERS = (
+    b"authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id"
+)
+CORS_EXPOSE_HEADERS = b"mcp-session-id, mcp-protocol-version, www-authenticate"
+WATCH_DISCONNECT_AFTER = 0.5
+WAKE_POLL_SECONDS = 0.1
+RESTART_GRACE_SECONDS = 3.0
+
+
+class Refusal(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: int = -32000,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.headers = status, code, headers or []
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.pool = Pool()
+        self.calls = CallLog()
+        self.max_body = settings.GATEWAY_MAX_BODY_BYTES
+        self.wake_timeout = settings.GATEWAY_WAKE_TIMEOUT_SECONDS
+        self.public_origin = _origin_of(settings.PUBLIC_URL)
+        self._hosts: dict[bytes, bool] = {}
+
+    async def close(self) -> None:
+        """Write what the call log still holds and drop pooled connections."""
+        await self.calls.flush()
+        self.pool.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        match = PATH.match(scope["path"])
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        try:
+            if match is None:
+                raise Refusal(404, "No such endpoint.")
+            await self._handle(scope, receive, send, headers, match, origin)
+        except Refusal as refusal:
+            await _send_error(send, refusal, origin if refusal.status != 403 else "")
+
+    async def _handle(self, scope, receive, send, headers, match, origin: str) -> None:
+        if not self._host_allowed(headers.get(b"host", b"")):
+            raise Refusal(400, "Invalid Host header.")
+        deployment_id, suffix = match.group(1).lower(), match.group(2) or ""
+        method = scope["method"]
+
+        info = await access.deployment_info(deployment_id)
+        if origin and not self._origin_allowed(origin, headers.get(b"host", b""), info):
+            raise Refusal(403, f"Origin {origin} is not allowed to call this endpoint.")
+        if method == "OPTIONS":
+            await _send_preflight(send, origin)
+            return
+
+        principal = await self._authenticate(headers)
+        if info is None or principal.deployment_id != deployment_id:
+            raise Refusal(404, "No such deployment.")
+        if info.desired_state == DesiredState.STOPPED:
+            raise Refusal(503, "This deployment was stopped by its owner.")
+
+        body = b""
+        if method == "POST":
+            body = await self._read_body(headers, receive)
+        elif method not in ("GET", "DELETE"):
+            raise Refusal(
+                405,
+                f"Method {method} is not allowed here.",
+                headers=[(b"allow", b"GET, POST, DELETE")],
+            )
+
+        info = await self._awake(info)
+        upstream_headers = [
+            (name, value) for name, value in headers.items() if name in FORWARDED_HEADERS
+        ]
+        upstream_headers += [
+            (b"x-catwalk-principal", principal.key.encode()),
+            (b"x-forwarded-prefix", f"/mcp/{deployment_id}".encode()),
+            *((k.lower().encode(), v.encode()) for k, v in info.endpoint.headers.items()),
+        ]
+        path = {"": "/mcp", "/sse": "/sse", "/messages": "/messages"}[suffix]
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode("latin-1")
+
+        calls = (
+            self._start_records(body, info.id, principal.token_id, headers)
+            if method == "POST"
+            else []
+        )
+        started = time.perf_counter()
+        watcher: asyncio.Task | None = None
+        try:
+            response, watcher = await self._exchange(
+                info, method, path, upstream_headers, body, receive
+            )
+            if response is None:  # the client left before the bridge answered
+                self._finish_records(calls, started, 499, {}, disconnected=True)
+                return
+            await self._stream_back(response, receive, send, origin, calls, started, watcher)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    # --- checks ---------------------------------------------------------------------------
+    def _host_allowed(self, host: bytes) -> bool:
+        allowed = self._hosts.get(host)
+        if allowed is None:
+            domain, _ = split_domain_port(host.decode("latin-1"))
+            allowed = bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+            if len(self._hosts) < 1000:
+                self._hosts[host] = allowed
+        return allowed
+
+    def _origin_allowed(self, origin: str, host: bytes, info: access.DeploymentInfo | None) -> bool:
+        """Same-origin requests, Catwalk's own pages and the deployment's listed origins.
+
+        Same-origin is judged against the Host header, which has already passed ALLOWED_HOSTS:
+        a DNS-rebinding page carries its own (refused) host name, never ours.
+        """
+        origin = origin.rstrip("/")
+        if origin == self.public_origin or urlsplit(origin).netloc == host.decode("latin-1"):
+            return True
+        return info is not None and origin in info.allowed_origins
+
+    async def _authenticate(self, headers: dict[bytes, bytes]) -> access.Principal:
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Refusal(401, "Missing bearer token.", headers=_challenge(""))
+        principal = await access.authenticate(token.strip())
+        if principal is None:
+            raise Refusal(
+                401,
+                "The bearer token is invalid, expired or revoked.",
+                headers=_challenge('error="invalid_token"'),
+            )
+        return principal
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise Refusal(413, f"The request body is larger than {self.max_body} bytes.")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Refusal(400, "The client went away.")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise Refusal(413, f"The request body is larger than {self.max_body} bytes.")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    # --- waking and relaying ----------------------------------------------------------------
+    async def _awake(self, info: access.DeploymentInfo) -> access.DeploymentInfo:
+        if info.status not in (Status.SLEEPING, Status.STOPPED, Status.PENDING, Status.STARTING):
+            return info
+        if info.status in (Status.SLEEPING, Status.STOPPED):
+            await access.wake(info.id)
+        deadline = time.monotonic() + self.wake_timeout
+        while time.monotonic() < deadline:
+            info = await access.deployment_info(info.id, fresh=True)
+            if info is None:
+                raise Refusal(404, "No such deployment.")
+            if info.status == Status.RUNNING:
+                return info
+            if info.status in (Status.FAILED, Status.CRASHED):
+                raise Refusal(503, "The deployment could not start; see its page for the reason.")
+            await asyncio.sleep(WAKE_POLL_SECONDS)
+        raise Refusal(
+            503,
+            f"The deployment did not become ready within {self.wake_timeout:.0f} seconds.",
+            headers=[(b"retry-after", b"5")],
+        )
+
+    async def _exchange(self, info, method, path, headers, body, receive):
+        """Relay the request; return the answer once its headers arrive (None if the client left).
+
+        Fast answers never pay for a disconnect watcher; slower ones get one after
+        WATCH_DISCONNECT_AFTER, and a client that leaves closes the upstream exchange, which the
+        bridge turns into a cancellation of the call.
+        """
+        watcher: asyncio.Task | None = None
+        for attempt in range(2):
+            response = await self._send(info, method, path, headers, body)
+            done, _ = await asyncio.wait({response.ready}, timeout=WATCH_DISCONNECT_AFTER)
+            if not done:
+                if watcher is None:
+                    watcher = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive))
+                await asyncio.wait({response.ready, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if not response.ready.done():
+                    response.release()
+                    return None, watcher
+            if response.ready.exception() is None:
+                return response, watcher
+            response.release()
+            if not (response.reused and attempt == 0):
+                raise Refusal(502, "The deployment's server closed the connection.")
+        raise AssertionError("unreachable")
+
+    async def _send(self, info, method, path, headers, body):
+        endpoint = info.endpoint
+        deadline = time.monotonic() + RESTART_GRACE_SECONDS
+        while True:
+            try:
+                if endpoint.unix_socket:
+                    return await self.pool.send(
+                        unix_socket=endpoint.unix_socket,
+                        method=method,
+                        path=path,
+                        headers=headers,
+                        body=body,
+                    )
+                url = urlsplit(endpoint.base_url)
+                return await self.pool.send(
+                    host=url.hostname,
+                    port=url.port or 80,
+                    method=method,
+                    path=url.path.rstrip("/") + path,
+                    headers=headers,
+                    body=body,
+                )
+            except RelayError as exc:
+                # A bridge being restarted by its supervisor is back within moments.
+                if time.monotonic() >= deadline:
+                    logger.warning("deployment %s unreachable: %s", info.id, exc)
+                    raise Refusal(
+                        502, "The deployment's server is not reachable right now."
+                    ) from None
+                await asyncio.sleep(0.1)
+
+    async def _stream_back(self, response, receive, send, origin, calls, started, watcher) -> None:
+        if calls and not calls[0].session_id:  # initialize: the bridge has just issued the id
+            session = (response.header(b"mcp-session-id") or b"").decode("latin-1")
+            for call in calls:
+                call.session_id = session
+        answer_headers = [(k, v) for k, v in response.headers if k not in DROPPED_ANSWER_HEADERS]
+        if origin:
+            answer_headers += _cors_headers(origin)
+        is_sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": answer_headers}
+        )
+        if not is_sse:
+            payload = await response.body()
+            await send({"type": "http.response.body", "body": payload})
+            self._finish_records(
+                calls, started, response.status, error_codes_in(payload) if calls else {}
+            )
+            return
+
+        scanner = SseAnswerScanner({c.request_id for c in calls}) if calls else None
+        if watcher is None:
+            watcher = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive))
+        disconnected = False
+        try:
+            while True:
+                chunk = response.take()
+                if chunk is None:
+                    if response.complete:
+                        await send({"type": "http.response.body", "body": b""})
+                        break
+                    await asyncio.wait(
+                        {response.arrival(), watcher}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if watcher.done():
+                        disconnected = True  # closing upstream makes the bridge cancel the call
+                        break
+                    continue
+                if scanner is not None:
+                    scanner.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except RelayError:
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+            response.release()
+            if calls:
+                answers = scanner.answers if scanner else {}
+                self._finish_records(calls, started, response.status, answers, disconnected)
+
+    # --- call log ---------------------------------------------------------------------------
+    def _start_records(self, body, deployment_id, token_id, headers) -> list[CallRecord]:
+        found = requests_in(body)
+        if not found:
+            return []
+        now = timezone.now()
+        session = headers.get(b"mcp-session-id", b"").decode("latin-1")
+        return [
+            CallRecord(deployment_id, token_id, session, method, target, request_id, now)
+            for request_id, method, target in found
+        ]
+
+    def _finish_records(self, calls, started, status, answers, disconnected=False) -> None:
+        if not calls:
+            return
+        duration = (time.perf_counter() - started) * 1000
+        for call in calls:
+            call.duration_ms = duration
+            key = (
+                call.request_id
+                if isinstance(call.request_id, (str, int, float, type(None)))
+                else repr(call.request_id)
+            )
+            if key in answers:
+                call.error_code = answers[key]
+                call.outcome = CallOutcome.OK if call.error_code is None else CallOutcome.ERROR
+            elif disconnected:
+                call.outcome = CallOutcome.CANCELLED
+            elif status >= 400:
+                call.outcome = CallOutcome.REJECTED
+        self.calls.add(calls)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _challenge(extra: str) -> list[tuple[bytes, bytes]]:
+    value = 'Bearer realm="catwalk"' + (f", {extra}" if extra else "")
+    return [(b"www-authenticate", value.encode())]
+
+
+def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", CORS_EXPOSE_HEADERS),
+        (b"vary", b"origin"),
+    ]
+
+
+async def _send_preflight(send: Send, origin: str) -> None:
+    headers = [
+        (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+        (b"access-control-allow-headers", CORS_ALLOW_HEADERS),
+        (b"access-control-max-age", b"600"),
+    ]
+    if origin:
+        headers += _cors_headers(origin)
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_error(send: Send, refusal: Refusal, origin: str) -> None:
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": None, "error": {"code": refusal.code, "message": str(refusal)}}
+    ).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += refusal.headers
+    if origin:
+        headers += _cors_headers(origin)
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
