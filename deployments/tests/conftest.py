@@ -1,0 +1,234 @@
+"""A real supervisor (`manage.py supervise`) as a subprocess, for tests of the local runtime.
+
+The supervisor, its bridges and the test share one database (the SQLite test database is a
+file when testing; PostgreSQL's is `test_<name>`), one SECRET_KEY and one key ring, and a
+short private DATA_DIR under /tmp. Reused by the gateway's end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx2
+import psutil
+import pytest
+from django.db import connection
+from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from deployments import services
+from deployments.models import Deployment, Status
+from deployments.runtimes.base import Endpoint
+from deployments.runtimes.local import LocalRuntime, PidRecord, run_paths
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WAIT_SECONDS = 90.0
+FIXTURE_SERVER_ARGS = ["-m", "mcpgateway.fixture_server"]
+
+
+def database_url() -> str:
+    """The URL of the test database this process uses, for subprocesses."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db["USER"] or "", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
+    host = db["HOST"] or "localhost"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgres://{user}{password}@{host}{port}/{quote(db['NAME'], safe='')}"
+
+
+@dataclass
+class RunningSupervisor:
+    """A `manage.py supervise` process and helpers to watch what it does."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_status(
+        self, deployment: Deployment, status: str, timeout: float = WAIT_SECONDS
+    ) -> Deployment:
+        """Poll the database until the deployment has `status` (fails the test otherwise)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            deployment.refresh_from_db()
+            if deployment.status == status:
+                return deployment
+            if deployment.status == Status.FAILED:
+                pytest.fail(f"deployment failed: {deployment.status_detail}\n{self.log()}")
+            if self.proc.poll() is not None:
+                pytest.fail(f"supervisor exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        pytest.fail(
+            f"deployment stayed {deployment.status} ({deployment.status_detail}), "
+            f"wanted {status}\n{self.log()}"
+        )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"supervisor ignored {sig!r}:\n{self.log()}")
+
+
+def bridge_process(deployment: Deployment) -> psutil.Process:
+    """The live bridge of a deployment, found through its pidfile."""
+    record = PidRecord.read(run_paths(deployment.id).pidfile)
+    assert record is not None, "no bridge pidfile"
+    process = record.find_process()
+    assert process is not None, "the pidfile names no live bridge"
+    return process
+
+
+def bridge_family(deployment: Deployment) -> list[psutil.Process]:
+    """The bridge and every process under it."""
+    bridge = bridge_process(deployment)
+    return [bridge, *bridge.children(recursive=True)]
+
+
+def all_gone(processes: list[psutil.Process], timeout: float = 30) -> bool:
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return not [p for p in alive if _running(p)]
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(endpoint: Endpoint):
+    """The real MCP SDK client, connected to a bridge's unix socket."""
+    assert endpoint.unix_socket is not None
+    async with (
+        httpx2.AsyncClient(
+            transport=httpx2.AsyncHTTPTransport(uds=endpoint.unix_socket),
+            headers=endpoint.headers,
+            timeout=httpx2.Timeout(30, read=120),
+        ) as http,
+        Client(streamable_http_client("http://bridge/mcp", http_client=http)) as client,
+    ):
+        yield client
+
+
+def call_tool(endpoint: Endpoint, name: str, arguments: dict[str, Any] | None = None) -> str:
+    """Call a tool through a bridge with the SDK client; returns its first text content."""
+
+    async def call() -> str:
+        async with mcp_client(endpoint) as client:
+            result = await client.call_tool(name, arguments or {})
+        assert not result.is_error, result
+        return result.content[0].text
+
+    return anyio.run(call)
+
+
+def deploy_fixture_server(
+    owner, *, name: str | None = None, environment: dict[str, str] | None = None, **options: Any
+) -> tuple[Deployment, str]:
+    """A deployment of `python -m mcpgateway.fixture_server` (this venv's python)."""
+    return services.create_deployment(
+        owner,
+        services.PackageSpec("pypi", "mcp"),
+        name=name,
+        environment={"PYTHONPATH": str(REPO_ROOT), **(environment or {})},
+        entry_command=sys.executable,
+        entry_args=FIXTURE_SERVER_ARGS,
+        issued_to="tests",
+        **options,
+    )
+
+
+def endpoint_of(deployment: Deployment) -> Endpoint:
+    return LocalRuntime().endpoint(deployment)
+
+
+@pytest.fixture
+def supervisor_env(transactional_db, settings) -> Iterator[dict[str, str]]:
+    """The environment for supervisor subprocesses; points this process at the same DATA_DIR."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cws", dir="/tmp"))  # short: unix socket paths
+    settings.DATA_DIR = data_dir
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CATWALK_", "DJANGO_", "DATABASE_", "LOCAL_"))
+        and key not in {"SECRET_KEY", "DEBUG", "REDIS_URL"}
+    }
+    env.update(
+        {
+            "DATABASE_URL": database_url(),
+            "CATWALK_DATA_DIR": str(data_dir),
+            "CATWALK_TESTING": "1",
+            "SECRET_KEY": settings.SECRET_KEY,
+            "CATWALK_ENCRYPTION_KEYS": ",".join(settings.CATWALK_ENCRYPTION_KEYS),
+            "DJANGO_SETTINGS_MODULE": "catwalk.settings",
+        }
+    )
+    yield env
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def start_supervisor(supervisor_env) -> Iterator[Callable[..., RunningSupervisor]]:
+    """Start supervisors; at the end each is stopped with SIGTERM and no bridge may remain."""
+    started: list[RunningSupervisor] = []
+    data_dir = supervisor_env["CATWALK_DATA_DIR"]
+
+    def start(*args: str, wait: bool = True, **extra_env: str) -> RunningSupervisor:
+        log_path = Path(data_dir) / f"supervisor-{len(started)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "manage.py", "supervise", "--poll-interval", "0.2", *args],
+                cwd=REPO_ROOT,
+                env={**supervisor_env, **extra_env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        running = RunningSupervisor(proc, log_path)
+        started.append(running)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while wait and "supervising local deployments" not in running.log():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"supervisor did not start:\n{running.log()}")
+            time.sleep(0.05)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+    leftovers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(data_dir in part for part in p.info["cmdline"] or [])
+    ]
+    for process in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    assert not leftovers, f"processes outlived the supervisor: {leftovers}"
+
+
+@pytest.fixture
+def supervisor(start_supervisor) -> RunningSupervisor:
+    return start_supervisor()
