@@ -52,6 +52,14 @@ format: $(VENV)/.installed-dev
 check-migrations: $(VENV)/.installed-dev
 	$(PY) manage.py makemigrations --check --dry-run
 
+# Relay benchmarks, written to docs/benchmarks.md. Peers install on first use into bench/.peers/
+# from the pinned manifests in bench/peers/. Needs node, npm and wrk (apt-get install wrk).
+# BENCH_ARGS="--targets direct-stdio,catwalk-gateway-uvicorn --duration 3" narrows a run.
+bench: $(VENV)/.installed
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get install -y -qq wrk >/dev/null; } || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	$(PY) -m bench $(BENCH_ARGS)
+
 CONFORMANCE_DEPS := tools/conformance/node_modules/.package-lock.json
 $(CONFORMANCE_DEPS): tools/conformance/package.json tools/conformance/package-lock.json
 	cd tools/conformance && npm ci --no-audit --no-fund
@@ -65,4 +73,4 @@ conformance: $(VENV)/.installed-dev $(CONFORMANCE_DEPS)
 	  $(if $(filter isolated,$(MODE)),--isolated) -- $(abspath $(PY)) -m mcpgateway.fixture_server'
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache bench/.peers bench/results

@@ -284,6 +284,14 @@ if _leaks := [
         "LOCAL_PASSTHROUGH_ENV",
         f"Catwalk's own settings must not reach MCP servers: {', '.join(_leaks)}",
     )
+# MCP sessions per deployment (beyond it shared mode evicts the least recently used session,
+# isolated mode refuses new ones) and how long an unused session lives. A deployment's
+# runtime_settings may override both (`max_sessions`, `session_idle_timeout_seconds`).
+LOCAL_MAX_SESSIONS = config.read_int("LOCAL_MAX_SESSIONS", 1000, minimum=1)
+LOCAL_ISOLATED_MAX_SESSIONS = config.read_int("LOCAL_ISOLATED_MAX_SESSIONS", 20, minimum=1)
+LOCAL_SESSION_IDLE_TIMEOUT_SECONDS = config.read_int(
+    "LOCAL_SESSION_IDLE_TIMEOUT_SECONDS", 1800, minimum=1
+)
 # --- end of the local runtime's settings ----------------------------------------------------
 
 GATEWAY_MAX_BODY_BYTES = config.read_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)

@@ -127,6 +127,7 @@ def create_deployment(
     entry_command: str = "",
     entry_args: list[str] | None = None,
     runtime: str = Runtime.LOCAL,
+    runtime_settings: dict | None = None,
     issued_to: str,
 ) -> tuple[Deployment, str]:
     """Create a deployment with its encrypted credentials and a first access token.
@@ -155,6 +156,7 @@ def create_deployment(
         entry_command=entry_command,
         entry_args=entry_args,
         runtime=runtime,
+        runtime_settings=runtime_settings or {},
         process_model=process_model,
     )
     try:

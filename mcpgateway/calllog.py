@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import connection, transaction
 
 from deployments.models import AccessToken, CallOutcome, Deployment, ToolCall
 
@@ -142,6 +142,8 @@ class CallLog:
 
 
 def _write(batch: list[CallRecord]) -> None:
+    """One multi-row insert for the batch (through the cursor: model instances would cost more
+    than the relay itself at thousands of calls a second), then the activity timestamps."""
     last_used: dict[int, datetime] = {}
     last_active: dict[str, datetime] = {}
     for record in batch:
@@ -152,28 +154,40 @@ def _write(batch: list[CallRecord]) -> None:
         last_active[record.deployment_id] = max(
             record.started_at, last_active.get(record.deployment_id, record.started_at)
         )
+    table = ToolCall._meta.db_table
+    columns = [
+        "deployment_id", "token_id", "session_id", "method", "target",
+        "started_at", "duration_ms", "outcome", "error_code",
+    ]  # fmt: skip
+    # Identifiers come from model metadata; values are bound parameters.
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(table)} "  # noqa: S608
+        f"({', '.join(connection.ops.quote_name(c) for c in columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))})"
+    )
+    deployment_column = Deployment._meta.pk
     with transaction.atomic():
-        existing = set(
+        existing = {
             str(pk)
             for pk in Deployment.objects.filter(pk__in=last_active).values_list("pk", flat=True)
-        )
-        ToolCall.objects.bulk_create(
-            [
-                ToolCall(
-                    deployment_id=r.deployment_id,
-                    token_id=r.token_id,
-                    session_id=r.session_id[:128],
-                    method=r.method,
-                    target=r.target,
-                    started_at=r.started_at,
-                    duration_ms=r.duration_ms,
-                    outcome=r.outcome,
-                    error_code=r.error_code,
-                )
-                for r in batch
-                if r.deployment_id in existing
-            ]
-        )
+        }
+        rows = [
+            (
+                deployment_column.get_db_prep_value(r.deployment_id, connection),
+                r.token_id,
+                r.session_id[:128],
+                r.method,
+                r.target,
+                connection.ops.adapt_datetimefield_value(r.started_at),
+                r.duration_ms,
+                r.outcome,
+                r.error_code,
+            )
+            for r in batch
+            if r.deployment_id in existing
+        ]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
         for token_id, when in last_used.items():
             AccessToken.objects.filter(pk=token_id).update(last_used_at=when)
         for deployment_id, when in last_active.items():

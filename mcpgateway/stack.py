@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -32,6 +35,7 @@ import httpx
 from mcpgateway.relay import Pool, RelayError
 
 ROOT = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"host"}
 )
@@ -53,7 +57,14 @@ class Stack:
             **{k: v for k, v in os.environ.items() if not k.startswith(("CATWALK_", "DJANGO_"))},
             "CATWALK_DATA_DIR": str(data_dir),
             "DATABASE_URL": f"sqlite:///{data_dir / 'catwalk.sqlite3'}",
-            "DEBUG": "true",
+            # Production settings (DEBUG off records no queries and keeps no debug state), with
+            # throwaway keys; plain HTTP, since everything stays on loopback.
+            "DEBUG": "false",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "CATWALK_ENCRYPTION_KEYS": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "SECURE_SSL_REDIRECT": "false",
+            "EMAIL_URL": "consolemail://",
         }
         self.env.pop("REDIS_URL", None)
 
@@ -79,6 +90,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.processes.append(process)
         return process
@@ -148,6 +160,16 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when the stack process dies, however it dies.
+
+    uvicorn re-raises the SIGTERM it handled once it has shut down, which ends the stack
+    process before any clean-up code of its own could run.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_for_port(port: int, timeout: float = 60) -> None:
@@ -233,11 +255,12 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="catwalk-stack-"))
     gateway_port = free_port() if options.auth_proxy else options.port
     stack = Stack(data_dir, options.server, gateway_port)
+    # An absolute entry runs as it is, without fetching the (placeholder) package.
     deploy_args = [
         "--package",
         options.package,
         "--entry",
-        command[0],
+        shutil.which(command[0]) or command[0],
         "--env",
         f"PYTHONPATH={ROOT}",
     ]

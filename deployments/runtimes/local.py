@@ -28,9 +28,10 @@ import psutil
 from django.conf import settings
 from django.db import transaction
 
-from deployments.models import Deployment, Status
+from deployments.models import Deployment, ProcessModel, Status
 from deployments.runtimes.base import (
     Endpoint,
+    PackageError,
     Runtime,
     bridge_secret,
     deployment_command,
@@ -226,6 +227,28 @@ def child_environment(deployment: Deployment, paths: RunPaths) -> dict[str, str]
     return environment
 
 
+def session_limits(deployment: Deployment) -> list[str]:
+    """Bridge flags for the session cap and idle timeout.
+
+    `runtime_settings` may carry `max_sessions` and `session_idle_timeout_seconds`; otherwise
+    the settings' defaults apply, with a much lower cap in isolated mode, where every session
+    is a process of its own.
+    """
+    isolated = deployment.process_model == ProcessModel.ISOLATED
+    cap = deployment.runtime_settings.get(
+        "max_sessions",
+        settings.LOCAL_ISOLATED_MAX_SESSIONS if isolated else settings.LOCAL_MAX_SESSIONS,
+    )
+    idle = deployment.runtime_settings.get(
+        "session_idle_timeout_seconds", settings.LOCAL_SESSION_IDLE_TIMEOUT_SECONDS
+    )
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        raise PackageError(f"max_sessions must be a positive whole number, not {cap!r}")
+    if not isinstance(idle, (int, float)) or isinstance(idle, bool) or idle <= 0:
+        raise PackageError(f"session_idle_timeout_seconds must be positive, not {idle!r}")
+    return ["--max-sessions", str(cap), "--session-idle-timeout", str(idle)]
+
+
 def launch_spec(deployment: Deployment) -> LaunchSpec:
     """The bridge command for a deployment. Raises PackageError or DecryptionError."""
     paths = run_paths(deployment.id)
@@ -241,6 +264,7 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
         f"unix:{paths.socket}",
         "--mode",
         deployment.process_model,
+        *session_limits(deployment),
         "--stderr-log",
         str(paths.stderr_log),
         "--cwd",

@@ -1,0 +1,1 @@
+"""Benchmark harness for MCP relays (``make bench``). See docs/benchmarks.md for the method."""
