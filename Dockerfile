@@ -24,4 +24,8 @@ RUN SECRET_KEY=collectstatic-only-$(python -c "import secrets; print(secrets.tok
     python manage.py collectstatic --noinput --verbosity 0
 USER catwalk
 EXPOSE 8080
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8080", "--proxy-headers", "catwalk.asgi:application"]
+# uvicorn (uvloop, httptools) serves the MCP route with less CPU per call than daphne; see
+# docs/benchmarks.md. daphne works too: `daphne -b 0.0.0.0 -p 8080 catwalk.asgi:application`.
+CMD ["uvicorn", "catwalk.asgi:application", "--host", "0.0.0.0", "--port", "8080", \
+     "--loop", "uvloop", "--http", "httptools", "--proxy-headers", \
+     "--forwarded-allow-ips", "*", "--no-access-log", "--timeout-keep-alive", "75"]

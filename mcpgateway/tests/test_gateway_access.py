@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import anyio
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
@@ -15,6 +16,7 @@ from django.utils import timezone
 from catwalk.asgi import application
 from catwalk.testing import make_deployment, make_token, make_user
 from deployments.models import DesiredState
+from mcpgateway import access
 
 pytestmark = [pytest.mark.anyio, pytest.mark.django_db(transaction=True)]
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
@@ -145,3 +147,13 @@ async def test_an_origin_on_an_allowed_host_but_another_port_is_refused(client, 
     headers = {**bearer(token), "Origin": "http://127.0.0.1:9999"}
     response = await client.post(f"/mcp/{deployment.id}", json=INIT, headers=headers)
     assert response.status_code == 403
+
+
+async def test_a_revoked_token_stops_working_within_the_cache_lifetime(client, deployment):
+    token, plaintext = await sync_to_async(make_token)(deployment)
+    url = f"/mcp/{deployment.id}"
+    assert (await client.put(url, json=INIT, headers=bearer(plaintext))).status_code == 405
+    await sync_to_async(token.revoke)()
+    await anyio.sleep(access.ACCESS_CACHE_SECONDS + 0.2)
+    assert access.ACCESS_CACHE_SECONDS <= 5  # the promise: revocation holds within 5 s
+    assert (await client.put(url, json=INIT, headers=bearer(plaintext))).status_code == 401

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -78,6 +79,7 @@ def running_stack(*extra: str) -> Iterator[Running]:
         yield Running(stack, deployed, port)
     finally:
         stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["shared", "isolated"])
@@ -381,3 +383,20 @@ def test_fuzzed_requests_never_get_a_server_error_or_hang(
 @pytest.fixture(scope="module")
 def fuzz_target(shared):
     return shared, initialize_raw(shared, shared.token)
+
+
+async def test_the_gateway_also_serves_under_daphne():
+    data_dir = Path(tempfile.mkdtemp(prefix="catwalk-daphne-"))
+    port = free_port()
+    stack = Stack(data_dir, "daphne", port)
+    try:
+        target = Running(stack, stack.start(deploy_args()), port)
+        async with sdk_client(target) as client:
+            result = await client.call_tool("echo", {"message": "daphne"})
+            assert result.content[0].text == "daphne"
+        async with sdk_client(target, legacy_sse=True) as client:
+            result = await client.call_tool("echo", {"message": "daphne, old transport"})
+            assert result.content[0].text == "daphne, old transport"
+    finally:
+        stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
