@@ -10,10 +10,12 @@ no query once a token and deployment are known.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
+from django.db import close_old_connections
 from django.utils import timezone
 
 from deployments.models import AccessToken, Deployment, hash_token
@@ -30,6 +32,7 @@ class Principal:
     token_id: int
     deployment_id: str
     expires_at: datetime | None
+    token_hash: str
 
     @property
     def key(self) -> str:
@@ -50,8 +53,12 @@ class DeploymentInfo:
 
 
 class _TtlCache:
+    """Entries expire after their TTL; beyond MAX_ENTRIES the oldest are dropped first."""
+
+    MAX_ENTRIES = 10_000
+
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, object]] = {}
+        self._entries: OrderedDict[str, tuple[float, object]] = OrderedDict()
 
     def get(self, key: str) -> tuple[bool, object]:
         entry = self._entries.get(key)
@@ -60,13 +67,30 @@ class _TtlCache:
         return True, entry[1]
 
     def put(self, key: str, value: object, ttl: float) -> None:
-        if len(self._entries) > 10_000:
-            now = time.monotonic()
-            self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
         self._entries[key] = (time.monotonic() + ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.MAX_ENTRIES:
+            self._entries.popitem(last=False)
 
     def drop(self, key: str) -> None:
         self._entries.pop(key, None)
+
+
+def database_work(function):
+    """Run an ORM function in a worker thread with Django's connection hygiene.
+
+    The gateway bypasses Django's request cycle, so nothing else would close a connection
+    that died (a database restart) or outlived CONN_MAX_AGE.
+    """
+
+    def run(*args):
+        close_old_connections()
+        try:
+            return function(*args)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(run, thread_sensitive=False)
 
 
 _tokens = _TtlCache()
@@ -74,10 +98,18 @@ _deployments = _TtlCache()
 
 
 async def authenticate(token: str) -> Principal | None:
-    token_hash = hash_token(token)
+    return await _principal(hash_token(token))
+
+
+async def recheck(principal: Principal) -> Principal | None:
+    """The caller as the (at most ACCESS_CACHE_SECONDS old) database sees it now."""
+    return await _principal(principal.token_hash)
+
+
+async def _principal(token_hash: str) -> Principal | None:
     found, principal = _tokens.get(token_hash)
     if not found:
-        principal = await sync_to_async(_load_principal, thread_sensitive=False)(token_hash)
+        principal = await database_work(_load_principal)(token_hash)
         _tokens.put(
             token_hash, principal, ACCESS_CACHE_SECONDS if principal else NEGATIVE_CACHE_SECONDS
         )
@@ -95,7 +127,9 @@ def _load_principal(token_hash: str) -> Principal | None:
     )
     if row is None:
         return None
-    return Principal(token_id=row[0], deployment_id=str(row[1]), expires_at=row[2])
+    return Principal(
+        token_id=row[0], deployment_id=str(row[1]), expires_at=row[2], token_hash=token_hash
+    )
 
 
 async def deployment_info(deployment_id: str, *, fresh: bool = False) -> DeploymentInfo | None:
@@ -103,7 +137,7 @@ async def deployment_info(deployment_id: str, *, fresh: bool = False) -> Deploym
         found, info = _deployments.get(deployment_id)
         if found:
             return info
-    info = await sync_to_async(_load_deployment, thread_sensitive=False)(deployment_id)
+    info = await database_work(_load_deployment)(deployment_id)
     _deployments.put(deployment_id, info, ACCESS_CACHE_SECONDS if info else NEGATIVE_CACHE_SECONDS)
     return info
 
@@ -128,8 +162,9 @@ def _load_deployment(deployment_id: str) -> DeploymentInfo | None:
 
 async def wake(deployment_id: str) -> None:
     def _wake() -> None:
-        deployment = Deployment.objects.get(pk=deployment_id)
-        get_runtime(deployment.runtime).wake(deployment)
+        deployment = Deployment.objects.filter(pk=deployment_id).first()
+        if deployment is not None:
+            get_runtime(deployment.runtime).wake(deployment)
 
-    await sync_to_async(_wake, thread_sensitive=False)()
+    await database_work(_wake)()
     forget_deployment(deployment_id)

@@ -34,12 +34,18 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 logger = logging.getLogger(__name__)
 
-PATH = re.compile(r"^/mcp/([0-9a-fA-F-]{36})(/sse|/messages)?/?$")
+PATH = re.compile(
+    r"^/mcp/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(/sse|/messages)?/?$",
+    re.IGNORECASE,
+)
 FORWARDED_HEADERS = frozenset(
     {b"accept", b"content-type", b"mcp-session-id", b"mcp-protocol-version", b"last-event-id"}
 )
 DROPPED_ANSWER_HEADERS = frozenset(
-    {b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server"}
+    {
+        *(b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade"),
+        *(b"proxy-authenticate", b"proxy-authorization", b"date", b"server"),
+    }
 )
 CORS_ALLOW_HEADERS = (
     b"authorization, content-type, accept, mcp-session-id, mcp-protocol-version, last-event-id"
@@ -48,6 +54,8 @@ CORS_EXPOSE_HEADERS = b"mcp-session-id, mcp-protocol-version, www-authenticate"
 WATCH_DISCONNECT_AFTER = 0.5
 WAKE_POLL_SECONDS = 0.1
 RESTART_GRACE_SECONDS = 3.0
+# An open stream re-checks its caller's token this often, so revocation also ends streams.
+STREAM_RECHECK_SECONDS = access.ACCESS_CACHE_SECONDS
 
 
 class Refusal(Exception):
@@ -73,37 +81,51 @@ class Gateway:
 
     async def close(self) -> None:
         """Write what the call log still holds and drop pooled connections."""
-        await self.calls.flush()
+        await self.calls.close()
         self.pool.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        match = PATH.match(scope["path"])
         headers = dict(scope["headers"])
-        origin = headers.get(b"origin", b"").decode("latin-1")
+        request = _Request(scope, headers, send)
         try:
+            match = PATH.match(scope["path"])
             if match is None:
                 raise Refusal(404, "No such endpoint.")
-            await self._handle(scope, receive, send, headers, match, origin)
+            await self._handle(request, receive, match)
         except Refusal as refusal:
-            await _send_error(send, refusal, origin if refusal.status != 403 else "")
+            if not request.started:
+                await _send_error(request.send, refusal, request.cors_origin)
+        except Exception:
+            logger.exception("gateway error on %s %s", scope["method"], scope["path"])
+            if not request.started:
+                await _send_error(request.send, Refusal(500, "Internal error in the gateway."), "")
 
-    async def _handle(self, scope, receive, send, headers, match, origin: str) -> None:
+    async def _handle(self, request: _Request, receive: Receive, match: re.Match) -> None:
+        scope, headers = request.scope, request.headers
         if not self._host_allowed(headers.get(b"host", b"")):
             raise Refusal(400, "Invalid Host header.")
         deployment_id, suffix = match.group(1).lower(), match.group(2) or ""
         method = scope["method"]
 
-        info = await access.deployment_info(deployment_id)
-        if origin and not self._origin_allowed(origin, headers.get(b"host", b""), info):
-            raise Refusal(403, f"Origin {origin} is not allowed to call this endpoint.")
+        origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/")
+        info: access.DeploymentInfo | None = None
+        if origin and not self._same_origin(origin, scope, headers):
+            # Only a cross-origin browser request needs the deployment before authentication.
+            info = await access.deployment_info(deployment_id)
+            if info is None or origin not in info.allowed_origins:
+                raise Refusal(403, f"Origin {origin} is not allowed to call this endpoint.")
+        request.cors_origin = origin
         if method == "OPTIONS":
-            await _send_preflight(send, origin)
+            await _send_preflight(request.send, origin)
             return
 
         principal = await self._authenticate(headers)
-        if info is None or principal.deployment_id != deployment_id:
+        if principal.deployment_id != deployment_id:
+            raise Refusal(404, "No such deployment.")
+        info = info or await access.deployment_info(deployment_id)
+        if info is None:
             raise Refusal(404, "No such deployment.")
         if info.desired_state == DesiredState.STOPPED:
             raise Refusal(503, "This deployment was stopped by its owner.")
@@ -131,11 +153,8 @@ class Gateway:
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
 
-        calls = (
-            self._start_records(body, info.id, principal.token_id, headers)
-            if method == "POST"
-            else []
-        )
+        calls = self._start_records(body, info.id, principal.token_id, headers)
+        self.calls.touch(info.id, principal.token_id)
         started = time.perf_counter()
         watcher: asyncio.Task | None = None
         try:
@@ -145,7 +164,7 @@ class Gateway:
             if response is None:  # the client left before the bridge answered
                 self._finish_records(calls, started, 499, {}, disconnected=True)
                 return
-            await self._stream_back(response, receive, send, origin, calls, started, watcher)
+            await self._stream_back(response, request, receive, calls, started, watcher, principal)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -160,16 +179,16 @@ class Gateway:
                 self._hosts[host] = allowed
         return allowed
 
-    def _origin_allowed(self, origin: str, host: bytes, info: access.DeploymentInfo | None) -> bool:
-        """Same-origin requests, Catwalk's own pages and the deployment's listed origins.
+    def _same_origin(self, origin: str, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        """Catwalk's own pages, or a page served from the very origin the request goes to.
 
-        Same-origin is judged against the Host header, which has already passed ALLOWED_HOSTS:
-        a DNS-rebinding page carries its own (refused) host name, never ours.
+        The Host header has already passed ALLOWED_HOSTS: a DNS-rebinding page carries its own
+        (refused) host name, never ours.
         """
-        origin = origin.rstrip("/")
-        if origin == self.public_origin or urlsplit(origin).netloc == host.decode("latin-1"):
+        if origin == self.public_origin:
             return True
-        return info is not None and origin in info.allowed_origins
+        host = headers.get(b"host", b"").decode("latin-1")
+        return origin == f"{scope.get('scheme', 'http')}://{host}"
 
     async def _authenticate(self, headers: dict[bytes, bytes]) -> access.Principal:
         authorization = headers.get(b"authorization", b"").decode("latin-1")
@@ -234,25 +253,36 @@ class Gateway:
         watcher: asyncio.Task | None = None
         for attempt in range(2):
             response = await self._send(info, method, path, headers, body)
-            done, _ = await asyncio.wait({response.ready}, timeout=WATCH_DISCONNECT_AFTER)
-            if not done:
-                if watcher is None:
-                    watcher = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive))
-                await asyncio.wait({response.ready, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if not response.ready.done():
-                    response.release()
-                    return None, watcher
+            try:
+                done, _ = await asyncio.wait({response.ready}, timeout=WATCH_DISCONNECT_AFTER)
+                if not done:
+                    if watcher is None:
+                        watcher = asyncio.get_running_loop().create_task(
+                            _wait_for_disconnect(receive)
+                        )
+                    await asyncio.wait(
+                        {response.ready, watcher}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not response.ready.done():
+                        response.release()
+                        return None, watcher
+            except BaseException:
+                response.release()
+                raise
             if response.ready.exception() is None:
                 return response, watcher
             response.release()
-            if not (response.reused and attempt == 0):
+            # Only a kept-alive connection that failed before the bridge could have acted on
+            # the request (it had closed the idle connection) is worth a second try.
+            if not (response.reused and response.failed_at_once() and attempt == 0):
                 raise Refusal(502, "The deployment's server closed the connection.")
         raise AssertionError("unreachable")
 
     async def _send(self, info, method, path, headers, body):
-        endpoint = info.endpoint
         deadline = time.monotonic() + RESTART_GRACE_SECONDS
+        refreshed = False
         while True:
+            endpoint = info.endpoint
             try:
                 if endpoint.unix_socket:
                     return await self.pool.send(
@@ -272,6 +302,15 @@ class Gateway:
                     body=body,
                 )
             except RelayError as exc:
+                if not refreshed:
+                    # The cached state may be seconds old: the deployment may have gone to
+                    # sleep since, in which case it is woken rather than reported unreachable.
+                    refreshed = True
+                    fresh = await access.deployment_info(info.id, fresh=True)
+                    if fresh is None:
+                        raise Refusal(404, "No such deployment.") from None
+                    info = await self._awake(fresh)
+                    continue
                 # A bridge being restarted by its supervisor is back within moments.
                 if time.monotonic() >= deadline:
                     logger.warning("deployment %s unreachable: %s", info.id, exc)
@@ -280,55 +319,84 @@ class Gateway:
                     ) from None
                 await asyncio.sleep(0.1)
 
-    async def _stream_back(self, response, receive, send, origin, calls, started, watcher) -> None:
+    async def _stream_back(
+        self, response, request: _Request, receive, calls, started, watcher, principal
+    ) -> None:
         if calls and not calls[0].session_id:  # initialize: the bridge has just issued the id
             session = (response.header(b"mcp-session-id") or b"").decode("latin-1")
             for call in calls:
                 call.session_id = session
         answer_headers = [(k, v) for k, v in response.headers if k not in DROPPED_ANSWER_HEADERS]
-        if origin:
-            answer_headers += _cors_headers(origin)
+        if request.cors_origin:
+            answer_headers += _cors_headers(request.cors_origin)
         is_sse = (response.header(b"content-type") or b"").startswith(b"text/event-stream")
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": answer_headers}
-        )
+        start = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": answer_headers,
+        }
         if not is_sse:
-            payload = await response.body()
-            await send({"type": "http.response.body", "body": payload})
+            try:
+                payload = await response.body()
+            except RelayError:
+                self._finish_records(calls, started, 502, {})
+                raise Refusal(502, "The deployment's server broke off its answer.") from None
+            await request.send(start)
+            await request.send({"type": "http.response.body", "body": payload})
             self._finish_records(
                 calls, started, response.status, error_codes_in(payload) if calls else {}
             )
             return
 
+        await request.send(start)
         scanner = SseAnswerScanner({c.request_id for c in calls}) if calls else None
         if watcher is None:
             watcher = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive))
-        disconnected = False
+        disconnected = broken = False
+        recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
         try:
-            while True:
+            while not (disconnected := watcher.done()):
+                if time.monotonic() >= recheck_at:
+                    recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
+                    if not await self._still_allowed(principal):
+                        broken = True  # token revoked or expired, or the deployment stopped
+                        await request.send({"type": "http.response.body", "body": b""})
+                        break
                 chunk = response.take()
-                if chunk is None:
-                    if response.complete:
-                        await send({"type": "http.response.body", "body": b""})
-                        break
-                    await asyncio.wait(
-                        {response.arrival(), watcher}, return_when=asyncio.FIRST_COMPLETED
+                if chunk is not None:
+                    if scanner is not None:
+                        scanner.feed(chunk)
+                    await request.send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
-                    if watcher.done():
-                        disconnected = True  # closing upstream makes the bridge cancel the call
-                        break
                     continue
-                if scanner is not None:
-                    scanner.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if response.complete:
+                    await request.send({"type": "http.response.body", "body": b""})
+                    break
+                await asyncio.wait(
+                    {response.arrival(), watcher},
+                    timeout=STREAM_RECHECK_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+
         except RelayError:
-            await send({"type": "http.response.body", "body": b""})
+            broken = True
+            await request.send({"type": "http.response.body", "body": b""})
         finally:
             watcher.cancel()
-            response.release()
+            response.release()  # an unfinished exchange is closed: the bridge cancels the call
             if calls:
                 answers = scanner.answers if scanner else {}
-                self._finish_records(calls, started, response.status, answers, disconnected)
+                self._finish_records(
+                    calls, started, response.status, answers, disconnected, broken=broken
+                )
+
+    async def _still_allowed(self, principal: access.Principal) -> bool:
+        current = await access.recheck(principal)
+        if current is None or current.is_expired():
+            return False
+        info = await access.deployment_info(principal.deployment_id)
+        return info is not None and info.desired_state != DesiredState.STOPPED
 
     # --- call log ---------------------------------------------------------------------------
     def _start_records(self, body, deployment_id, token_id, headers) -> list[CallRecord]:
@@ -342,7 +410,9 @@ class Gateway:
             for request_id, method, target in found
         ]
 
-    def _finish_records(self, calls, started, status, answers, disconnected=False) -> None:
+    def _finish_records(
+        self, calls, started, status, answers, disconnected=False, broken=False
+    ) -> None:
         if not calls:
             return
         duration = (time.perf_counter() - started) * 1000
@@ -360,7 +430,26 @@ class Gateway:
                 call.outcome = CallOutcome.CANCELLED
             elif status >= 400:
                 call.outcome = CallOutcome.REJECTED
+            elif status != 202 or broken:  # the answer never came
+                call.outcome = CallOutcome.ERROR
         self.calls.add(calls)
+
+
+class _Request:
+    """What the gateway tracks of one request: has the answer started, may it carry CORS."""
+
+    __slots__ = ("_send", "cors_origin", "headers", "scope", "send", "started")
+
+    def __init__(self, scope: Scope, headers: dict[bytes, bytes], send: Send) -> None:
+        self.scope, self.headers, self._send = scope, headers, send
+        self.started = False
+        self.cors_origin = ""
+        self.send = self._tracked_send
+
+    async def _tracked_send(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -11,6 +11,7 @@ back-pressure when the downstream client reads slower than the bridge writes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,11 @@ import httptools
 
 READ_HIGH_WATER = 8
 MAX_IDLE_PER_ENDPOINT = 64
+# Bridges (uvicorn) close idle keep-alive connections after 5 s; retire ours before that.
+MAX_IDLE_SECONDS = 4.0
+# A reused connection that fails this soon after the write was closed by the other side while
+# idle: the request never reached the bridge and is safe to send again.
+RETRY_WINDOW_SECONDS = 0.05
 
 
 class RelayError(Exception):
@@ -30,6 +36,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.idle_since = 0.0
         self.response: Response | None = None
 
     # asyncio.Protocol
@@ -101,6 +108,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._released = False
         self.reused = False
+        self.sent_at = time.monotonic()
 
     def wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -155,10 +163,17 @@ class Response:
         self._released = True
         connection = self._connection
         connection.response = None
-        if self.complete and self.keep_alive and not connection.closed and self.error is None:
+        reusable = self.complete and self.keep_alive and self.error is None and not self.chunks
+        if reusable and not connection.closed:
+            if connection.transport is not None:
+                connection.transport.resume_reading()
             self._pool._put(connection)
         else:
             connection.close()
+
+    def failed_at_once(self) -> bool:
+        """True when the exchange broke before anything arrived, right after it was sent."""
+        return not self.headers and time.monotonic() - self.sent_at < RETRY_WINDOW_SECONDS
 
 
 class Pool:
@@ -197,10 +212,12 @@ class Pool:
 
     async def _get(self, key, connect_timeout: float) -> tuple[_Connection, bool]:
         idle = self._idle.get(key)
+        now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if not connection.closed:
+            if not connection.closed and now - connection.idle_since < MAX_IDLE_SECONDS:
                 return connection, True
+            connection.close()
         loop = asyncio.get_running_loop()
         try:
             if key[1] == 0:
@@ -216,6 +233,7 @@ class Pool:
         idle = self._idle[connection.key]
         if len(idle) < MAX_IDLE_PER_ENDPOINT:
             connection.parser = httptools.HttpResponseParser(connection)
+            connection.idle_since = time.monotonic()
             idle.append(connection)
         else:
             connection.close()

@@ -65,6 +65,9 @@ class Stack:
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
             "SECURE_SSL_REDIRECT": "false",
             "EMAIL_URL": "consolemail://",
+            # The conformance suite opens a session per scenario and never ends them; in
+            # isolated mode each is a process, and the default cap (20) would refuse the rest.
+            "LOCAL_ISOLATED_MAX_SESSIONS": "200",
         }
         self.env.pop("REDIS_URL", None)
 

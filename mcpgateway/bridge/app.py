@@ -324,7 +324,7 @@ class BridgeApp:
                 else:
                     if exchange is None:
                         exchange = Exchange()
-                    exchange.open += 1
+                    exchange.requests += 1
                     target = exchange
                 method = message["method"]
                 if method == "ping" and self.bridge.shared:
@@ -360,6 +360,7 @@ class BridgeApp:
         """Answer a POST: one JSON body when only final responses come, else an SSE stream."""
         mailbox = exchange.mailbox
         collected: list[str] = []
+        answered = 0  # finals taken from the mailbox (several may arrive before the first is read)
         streaming = False
         watcher: asyncio.Task[None] | None = None
         try:
@@ -377,10 +378,11 @@ class BridgeApp:
                 if item is DISCONNECTED:
                     return
                 data, final = item  # type: ignore[misc]
+                answered += final
                 if not streaming:
                     if final:
                         collected.append(data)
-                        if exchange.open <= 0:
+                        if answered >= exchange.requests:
                             body = f"[{','.join(collected)}]" if batch else collected[0]
                             await send_json(send, 200, body)
                             return
@@ -400,7 +402,7 @@ class BridgeApp:
                 await send(
                     {"type": "http.response.body", "body": sse_event(data), "more_body": True}
                 )
-                if final and exchange.open <= 0:
+                if final and answered >= exchange.requests:
                     await send({"type": "http.response.body", "body": b""})
                     return
         finally:

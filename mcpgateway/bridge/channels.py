@@ -67,16 +67,14 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class Exchange:
     """The messages for one POST: the final responses of its requests and what they cause."""
 
-    __slots__ = ("calls", "mailbox", "open")
+    __slots__ = ("calls", "mailbox", "requests")
 
     def __init__(self) -> None:
         self.mailbox = Mailbox()
-        self.open = 0
+        self.requests = 0  # requests in the POST: the reader is done after this many finals
         self.calls: list[Call] = []
 
     def put(self, data: str, final: bool) -> None:
-        if final:
-            self.open -= 1
         self.mailbox.push((data, final))
 
 

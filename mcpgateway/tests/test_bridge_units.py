@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mcpgateway.bridge.app import BridgeApp
+from mcpgateway.bridge.channels import Exchange
 from mcpgateway.bridge.child import child_environment
 from mcpgateway.bridge.config import Listen, parse_args, parse_listen
 from mcpgateway.bridge.protocol import SUPPORTED_VERSIONS, classify, negotiate_version
@@ -110,3 +114,28 @@ def test_stderr_log_keeps_a_tail_and_rotates_the_file(tmp_path: Path):
     assert rotated.exists()
     assert path.stat().st_size + rotated.stat().st_size <= 4096 + 100
     assert path.read_text().splitlines()[-1].startswith("line 0199")
+
+
+def test_a_batch_whose_answers_all_arrive_before_the_reader_gets_them_all():
+    """Both finals are queued before the POST's reader looks: the body must hold both."""
+
+    async def scenario() -> list[dict]:
+        exchange = Exchange()
+        exchange.requests = 2
+        exchange.put('{"jsonrpc":"2.0","id":1,"result":{}}', True)
+        exchange.put('{"jsonrpc":"2.0","id":2,"result":{}}', True)
+        sent: list[dict] = []
+
+        async def send(message) -> None:
+            sent.append(message)
+
+        async def receive() -> dict:
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        await BridgeApp._respond(None, exchange, None, True, receive, send)  # type: ignore[arg-type]
+        return sent
+
+    sent = asyncio.run(scenario())
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert [item["id"] for item in json.loads(body)] == [1, 2]

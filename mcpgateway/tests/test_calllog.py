@@ -51,10 +51,38 @@ def test_a_batch_is_written_with_activity_timestamps():
     ]
     records.append(
         CallRecord("00000000-0000-0000-0000-000000000000", None, "", "ping", "", 9, now)
-    )  # a deployment deleted meanwhile is skipped, not an error
-    _write(records)
+    )  # a deployment deleted meanwhile loses its own row only
+    records.append(
+        CallRecord(str(deployment.pk), None, "s\x00", "tools/call", "x", 10, now, error_code=2**40)
+    )  # out-of-range codes and NUL characters never reach the database
+    _write(records, {str(deployment.pk): now}, {token.pk: now})
     assert (
         ToolCall.objects.filter(deployment=deployment, target="echo", session_id="s1").count() == 3
     )
     assert AccessToken.objects.get(pk=token.pk).last_used_at == now
     assert Deployment.objects.get(pk=deployment.pk).last_active_at == now
+
+
+def test_a_huge_answer_is_read_by_pattern_in_linear_time():
+    body = (
+        b'{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"'
+        + b"x" * (8 * 2**20)
+        + b'"}]}}'
+    )
+    assert error_codes_in(body) == {42: None}
+    scanner = SseAnswerScanner({42})
+    scanner.feed(b"event: message\ndata: ")
+    for start in range(0, len(body), 65536):
+        scanner.feed(body[start : start + 65536])
+    scanner.feed(b"\n\n")
+    assert scanner.answers == {42: None}
+
+
+def test_deeply_nested_json_is_no_crash():
+    assert requests_in(b"[" * 50_000) == []
+    assert error_codes_in(b"[" * 50_000) == {}
+
+
+def test_error_codes_outside_32_bits_are_dropped():
+    assert error_codes_in(b'{"jsonrpc":"2.0","id":1,"error":{"code":1099511627776}}') == {1: None}
+    assert error_codes_in(b'{"jsonrpc":"2.0","id":1,"error":{"code":true}}') == {1: None}

@@ -46,8 +46,9 @@ def anyio_backend() -> str:
 
 
 class Running:
-    def __init__(self, stack: Stack, deployed: dict, port: int) -> None:
+    def __init__(self, stack: Stack, deployed: dict, port: int, mode: str) -> None:
         self.stack, self.deployed, self.port = stack, deployed, port
+        self.mode = mode
         self.url = f"http://127.0.0.1:{port}/mcp/{deployed['id']}"
         self.token = deployed["token"]
 
@@ -70,13 +71,14 @@ def deploy_args(*extra: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_stack(*extra: str) -> Iterator[Running]:
+def running_stack(args: list[str], server: str = "uvicorn") -> Iterator[Running]:
+    """A throwaway Catwalk serving one deployment made by `mcp_deploy ARGS`."""
     data_dir = Path(tempfile.mkdtemp(prefix="catwalk-e2e-"))
     port = free_port()
-    stack = Stack(data_dir, "uvicorn", port)
+    stack = Stack(data_dir, server, port)
     try:
-        deployed = stack.start(deploy_args("--env", f"CANARY={CANARY}", *extra))
-        yield Running(stack, deployed, port)
+        mode = "isolated" if "--isolated" in args else "shared"
+        yield Running(stack, stack.start(args), port, mode)
     finally:
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -84,13 +86,14 @@ def running_stack(*extra: str) -> Iterator[Running]:
 
 @pytest.fixture(scope="module", params=["shared", "isolated"])
 def catwalk(request) -> Iterator[Running]:
-    with running_stack(*(["--isolated"] if request.param == "isolated" else [])) as running:
+    mode = ["--isolated"] if request.param == "isolated" else []
+    with running_stack(deploy_args("--env", f"CANARY={CANARY}", *mode)) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def shared(catwalk) -> Running:
-    if "--isolated" in catwalk.stack.processes[0].args:
+    if catwalk.mode != "shared":
         pytest.skip("shared mode only")
     return catwalk
 
@@ -386,17 +389,30 @@ def fuzz_target(shared):
 
 
 async def test_the_gateway_also_serves_under_daphne():
-    data_dir = Path(tempfile.mkdtemp(prefix="catwalk-daphne-"))
-    port = free_port()
-    stack = Stack(data_dir, "daphne", port)
-    try:
-        target = Running(stack, stack.start(deploy_args()), port)
+    with running_stack(deploy_args(), server="daphne") as target:
         async with sdk_client(target) as client:
             result = await client.call_tool("echo", {"message": "daphne"})
             assert result.content[0].text == "daphne"
         async with sdk_client(target, legacy_sse=True) as client:
             result = await client.call_tool("echo", {"message": "daphne, old transport"})
             assert result.content[0].text == "daphne, old transport"
-    finally:
-        stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_revoking_a_token_ends_its_open_stream(shared):
+    token = shared.new_token()
+    session = initialize_raw(shared, token)
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Mcp-Session-Id": session,
+        "MCP-Protocol-Version": "2025-06-18",
+        "Accept": "text/event-stream",
+    }
+    with (
+        httpx.Client(timeout=httpx.Timeout(60)) as http,
+        http.stream("GET", shared.url, headers=headers) as stream,
+    ):
+        assert stream.status_code == 200
+        shared.stack.manage("mcp_token", "revoke", token[:12])
+        deadline = time.monotonic() + 30
+        for _ in stream.iter_bytes():
+            assert time.monotonic() < deadline, "the stream outlived its revoked token"

@@ -6,17 +6,13 @@ exactly as a user's deployment would: `manage.py mcp_deploy --package …` with 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import mcp_types as types
 import pytest
 
-from mcpgateway.stack import Stack, free_port
-from mcpgateway.tests.test_gateway_e2e import Running, sdk_client
+from mcpgateway.tests.test_gateway_e2e import Running, running_stack, sdk_client
 
 EVERYTHING = "npm:@modelcontextprotocol/server-everything@2026.8.31"
 TIME = "pypi:mcp-server-time==2026.10.19"
@@ -28,30 +24,23 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@contextlib.contextmanager
-def deployed(*deploy_args: str) -> Iterator[Running]:
-    data_dir = Path(tempfile.mkdtemp(prefix="catwalk-registry-"))
-    port = free_port()
-    stack = Stack(data_dir, "uvicorn", port)
-    try:
-        yield Running(stack, stack.start(list(deploy_args)), port)
-    finally:
-        stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module", params=["shared", "isolated"])
 def everything(request) -> Iterator[Running]:
     if shutil.which("npx") is None:
         pytest.skip("needs node's npx")
     mode = ["--isolated"] if request.param == "isolated" else []
-    with deployed("--package", EVERYTHING, "--timeout", "300", *mode) as running:
+    with running_stack(["--package", EVERYTHING, "--timeout", "300", *mode]) as running:
         yield running
 
 
-async def test_server_everything_through_the_gateway(everything):
+@pytest.mark.parametrize("client_mode", ["default", "legacy"])
+async def test_server_everything_through_the_gateway(everything, client_mode):
     progress: list[float] = []
     sampled: list[str] = []
+    logged: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(str(params.data))
 
     async def on_progress(value, total, message) -> None:
         progress.append(value)
@@ -65,8 +54,13 @@ async def test_server_everything_through_the_gateway(everything):
     async def elicit(context, params):
         return types.ElicitResult(action="decline")
 
+    options = {"mode": "legacy"} if client_mode == "legacy" else {}
     async with sdk_client(
-        everything, sampling_callback=sample, elicitation_callback=elicit
+        everything,
+        sampling_callback=sample,
+        elicitation_callback=elicit,
+        logging_callback=on_log,
+        **options,
     ) as client:
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert {"echo", "get-sum", "trigger-long-running-operation"} <= tools
@@ -93,11 +87,15 @@ async def test_server_everything_through_the_gateway(everything):
             {"name": "department", "value": "E"},
         )
         assert completion.completion.values
+        # The first simulated log message is sent while the toggling call is in flight.
+        await client.call_tool("toggle-simulated-logging", {})
+        assert logged
+        await client.call_tool("toggle-simulated-logging", {})
     assert {"trigger-sampling-request", "trigger-elicitation-request"} <= tools
 
 
 async def test_mcp_server_time_through_uvx_and_the_gateway():
-    with deployed("--package", TIME, "--timeout", "300") as running:
+    with running_stack(["--package", TIME, "--timeout", "300"]) as running:
         async with sdk_client(running) as client:
             tools = {tool.name for tool in (await client.list_tools()).tools}
             assert "get_current_time" in tools
