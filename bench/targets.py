@@ -187,25 +187,18 @@ TARGETS: dict[str, Target] = {
             unavailable=_bridge_unavailable,
             default=False,
         ),
-        HttpTarget(
-            name="catwalk-gateway-uvicorn",
-            description="Catwalk gateway (uvicorn) + bridge",
-            command=_gateway("uvicorn"),
-            cwd=REPO,
-            install=peers.ensure_node_peers,
-            unavailable=_bridge_unavailable,
-            announces_endpoint=True,
-            cold_start_applies=False,
-        ),
-        HttpTarget(
-            name="catwalk-gateway-daphne",
-            description="Catwalk gateway (daphne) + bridge",
-            command=_gateway("daphne"),
-            cwd=REPO,
-            install=peers.ensure_node_peers,
-            unavailable=_bridge_unavailable,
-            announces_endpoint=True,
-            cold_start_applies=False,
+        *(
+            HttpTarget(
+                name=f"catwalk-gateway-{server}",
+                description=f"Catwalk gateway ({server}) + bridge",
+                command=_gateway(server),
+                cwd=REPO,
+                install=peers.ensure_node_peers,
+                unavailable=_bridge_unavailable,
+                announces_endpoint=True,
+                cold_start_applies=False,
+            )
+            for server in ("uvicorn", "daphne")
         ),
         HttpTarget(
             name="supergateway",

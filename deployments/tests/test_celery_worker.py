@@ -33,13 +33,14 @@ def test_a_task_sent_here_runs_in_a_separate_worker_process(supervisor_env, owne
         outcome="ok",
     )
     queue = Path(supervisor_env["CATWALK_DATA_DIR"]) / "broker"
-    for folder in ("queue", "processed"):
+    for folder in ("queue", "processed", "control"):
         (queue / folder).mkdir(parents=True, exist_ok=True)
     sender = Celery("sender", broker="filesystem://")
     sender.conf.broker_transport_options = {
         "data_folder_in": str(queue / "queue"),
         "data_folder_out": str(queue / "queue"),
         "processed_folder": str(queue / "processed"),
+        "control_folder": str(queue / "control"),
     }
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "catwalk", "worker", "--pool", "solo",
