@@ -9,6 +9,7 @@ no query once a token and deployment are known.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -109,13 +110,41 @@ async def recheck(principal: Principal) -> Principal | None:
 async def _principal(token_hash: str) -> Principal | None:
     found, principal = _tokens.get(token_hash)
     if not found:
-        principal = await database_work(_load_principal)(token_hash)
-        _tokens.put(
-            token_hash, principal, ACCESS_CACHE_SECONDS if principal else NEGATIVE_CACHE_SECONDS
-        )
+        principal = await _single_flight(_tokens, token_hash, _load_principal)
     if principal is None or principal.is_expired():
         return None
     return principal
+
+
+_loading: dict[tuple[int, str], asyncio.Future] = {}
+
+
+async def _single_flight(cache: _TtlCache, key: str, load) -> object:
+    """Load `key` once however many requests miss the cache at the same moment.
+
+    A burst of new sessions, or every client of a deployment that just woke, would otherwise
+    send one identical query each through the small thread pool that all tenants share.
+    """
+    slot = (id(cache), key)
+    pending = _loading.get(slot)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future = asyncio.get_running_loop().create_future()
+    _loading[slot] = future
+    try:
+        value = await database_work(load)(key)
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    except Exception as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved here, so an unawaited failure is not reported twice
+        raise
+    finally:
+        _loading.pop(slot, None)
+    cache.put(key, value, ACCESS_CACHE_SECONDS if value else NEGATIVE_CACHE_SECONDS)
+    future.set_result(value)
+    return value
 
 
 def _load_principal(token_hash: str) -> Principal | None:
@@ -137,9 +166,7 @@ async def deployment_info(deployment_id: str, *, fresh: bool = False) -> Deploym
         found, info = _deployments.get(deployment_id)
         if found:
             return info
-    info = await database_work(_load_deployment)(deployment_id)
-    _deployments.put(deployment_id, info, ACCESS_CACHE_SECONDS if info else NEGATIVE_CACHE_SECONDS)
-    return info
+    return await _single_flight(_deployments, deployment_id, _load_deployment)
 
 
 def forget_deployment(deployment_id: str) -> None:

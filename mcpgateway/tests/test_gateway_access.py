@@ -5,6 +5,7 @@ These run the real ASGI application in-process; nothing here reaches a bridge.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import anyio
@@ -157,3 +158,17 @@ async def test_a_revoked_token_stops_working_within_the_cache_lifetime(client, d
     await anyio.sleep(access.ACCESS_CACHE_SECONDS + 0.2)
     assert access.ACCESS_CACHE_SECONDS <= 5  # the promise: revocation holds within 5 s
     assert (await client.put(url, json=INIT, headers=bearer(plaintext))).status_code == 401
+
+
+async def test_concurrent_cache_misses_share_one_query(deployment, token, monkeypatch):
+    calls = []
+    real = access._load_principal
+
+    def counting(token_hash):
+        calls.append(token_hash)
+        return real(token_hash)
+
+    monkeypatch.setattr(access, "_load_principal", counting)
+    found = await asyncio.gather(*(access.authenticate(token) for _ in range(20)))
+    assert len(calls) == 1
+    assert {p.deployment_id for p in found} == {str(deployment.id)}
