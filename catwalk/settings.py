@@ -260,6 +260,19 @@ TOOL_CALL_RETENTION_DAYS = config.read_int("TOOL_CALL_RETENTION_DAYS", 30, minim
 ANALYSIS_TIMEOUT_SECONDS = config.read_int("ANALYSIS_TIMEOUT_SECONDS", 900, minimum=30)
 ADMIN_CLAIM_MAX_AGE_SECONDS = 24 * 3600
 
+# --- Analysis: reading repositories from GitHub (analysis/github.py) --------------------------
+GITHUB_API_URL = config.read("GITHUB_API_URL", "https://api.github.com").rstrip("/")
+# Only raises the rate limit; never sent when reading a private repository (that takes the
+# user's own token).
+GITHUB_TOKEN = config.read("GITHUB_TOKEN")
+ANALYSIS_MAX_TARBALL_BYTES = config.read_int(
+    "ANALYSIS_MAX_TARBALL_BYTES", 100 * 1024 * 1024, minimum=1024
+)
+ANALYSIS_MAX_FILES = config.read_int("ANALYSIS_MAX_FILES", 20_000, minimum=1)
+ANALYSIS_MAX_FILE_BYTES = config.read_int("ANALYSIS_MAX_FILE_BYTES", 10 * 1024 * 1024, minimum=1)
+ANALYSIS_MAX_TOTAL_BYTES = config.read_int("ANALYSIS_MAX_TOTAL_BYTES", 300 * 1024 * 1024, minimum=1)
+# --- end of the GitHub settings ---------------------------------------------------------------
+
 # --- Local runtime: the supervisor (`manage.py supervise`) and its bridges --------------------
 # A running deployment with no request for this long is stopped and sleeps until the next
 # request wakes it; 0 keeps deployments running.
