@@ -195,13 +195,7 @@ def bridge_factory() -> Iterator[Callable[..., BridgeProcess]]:
 
     yield factory
     for bridge in started:
-        bridge.stop()
-        survivors = bridge.surviving_descendants()
-        for process in survivors:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        shutil.rmtree(bridge.workdir, ignore_errors=True)
-        assert not survivors, f"processes outlived the bridge: {survivors}"
+        retire(bridge)
 
 
 @contextlib.contextmanager
@@ -211,13 +205,18 @@ def module_bridge(*args: str, **kwargs: Any) -> Iterator[BridgeProcess]:
     try:
         yield bridge
     finally:
-        bridge.stop()
-        survivors = bridge.surviving_descendants()
-        for process in survivors:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        shutil.rmtree(bridge.workdir, ignore_errors=True)
-        assert not survivors, f"processes outlived the bridge: {survivors}"
+        retire(bridge)
+
+
+def retire(bridge: BridgeProcess) -> None:
+    """Stop a bridge, remove its folder, and fail if any process it started outlived it."""
+    bridge.stop()
+    survivors = bridge.surviving_descendants()
+    for process in survivors:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    shutil.rmtree(bridge.workdir, ignore_errors=True)
+    assert not survivors, f"processes outlived the bridge: {survivors}"
 
 
 @pytest.fixture(scope="module")
