@@ -37,11 +37,6 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "https://api.github.com"
-DEFAULT_MAX_TARBALL_BYTES = 100 * 1024 * 1024
-DEFAULT_MAX_FILES = 20_000
-DEFAULT_MAX_FILE_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_TOTAL_BYTES = 300 * 1024 * 1024
 
 GITHUB_HOSTS = {"github.com", "www.github.com"}
 MAX_URL_LENGTH = 2_000
@@ -139,12 +134,10 @@ class ExtractionLimits:
     @classmethod
     def from_settings(cls) -> ExtractionLimits:
         return cls(
-            max_tarball_bytes=getattr(
-                settings, "ANALYSIS_MAX_TARBALL_BYTES", DEFAULT_MAX_TARBALL_BYTES
-            ),
-            max_files=getattr(settings, "ANALYSIS_MAX_FILES", DEFAULT_MAX_FILES),
-            max_file_bytes=getattr(settings, "ANALYSIS_MAX_FILE_BYTES", DEFAULT_MAX_FILE_BYTES),
-            max_total_bytes=getattr(settings, "ANALYSIS_MAX_TOTAL_BYTES", DEFAULT_MAX_TOTAL_BYTES),
+            max_tarball_bytes=settings.ANALYSIS_MAX_TARBALL_BYTES,
+            max_files=settings.ANALYSIS_MAX_FILES,
+            max_file_bytes=settings.ANALYSIS_MAX_FILE_BYTES,
+            max_total_bytes=settings.ANALYSIS_MAX_TOTAL_BYTES,
         )
 
 
@@ -238,11 +231,10 @@ class GitHubClient:
         self.repo = repo
         self.limits = limits or ExtractionLimits.from_settings()
         self._user_token = user_token or None
-        self._platform_token = getattr(settings, "GITHUB_TOKEN", None) or None
+        self._platform_token = settings.GITHUB_TOKEN
         self._info: RepositoryInfo | None = None
-        api_url = getattr(settings, "GITHUB_API_URL", DEFAULT_API_URL) or DEFAULT_API_URL
         self._http = httpx.Client(
-            base_url=api_url.rstrip("/"),
+            base_url=settings.GITHUB_API_URL,
             timeout=TIMEOUT,
             # httpx drops Authorization when a redirect leaves the API's origin (codeload).
             follow_redirects=True,
