@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import httpx2
+import mcp_types as types
 import psutil
 import pytest
 from mcp.client.client import Client
@@ -238,7 +239,7 @@ def bridge_any_mode(
     return bridge_shared if request.param == "shared" else bridge_isolated
 
 
-def _sdk_http_factory(extra_headers: dict[str, str]) -> Callable[..., httpx2.AsyncClient]:
+def sdk_http_factory(extra_headers: dict[str, str]) -> Callable[..., httpx2.AsyncClient]:
     def factory(
         headers: dict[str, str] | None = None,
         timeout: httpx2.Timeout | None = None,
@@ -262,7 +263,7 @@ async def bridge_sdk_client(
     **client_options: Any,
 ) -> AsyncIterator[Client]:
     """The real `mcp` SDK client connected to the bridge (Streamable HTTP or legacy SSE)."""
-    factory = _sdk_http_factory(headers or {})
+    factory = sdk_http_factory(headers or {})
     if legacy_sse:
         client_options.setdefault("mode", "legacy")
         async with Client(
@@ -278,3 +279,16 @@ async def bridge_sdk_client(
         ) as client,
     ):
         yield client
+
+
+async def check_fixture_resources_prompts_completion(client: Client) -> None:
+    """What the fixture server offers besides tools, checked the same way at every layer."""
+    read = await client.read_resource("test://static-text")
+    assert read.contents[0].text
+    prompt = await client.get_prompt("test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
+    assert prompt.messages
+    completion = await client.complete(
+        types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments"),
+        {"name": "arg1", "value": "par"},
+    )
+    assert "paris" in completion.completion.values

@@ -6,7 +6,11 @@ import anyio
 import mcp_types as types
 import pytest
 
-from mcpgateway.tests.conftest import BridgeProcess, bridge_sdk_client
+from mcpgateway.tests.conftest import (
+    BridgeProcess,
+    bridge_sdk_client,
+    check_fixture_resources_prompts_completion,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -95,17 +99,9 @@ async def test_resources_prompts_and_completion(bridge_any_mode: BridgeProcess):
     async with bridge_sdk_client(bridge_any_mode) as client:
         resources = await client.list_resources()
         assert "test://static-text" in {str(r.uri) for r in resources.resources}
-        read = await client.read_resource("test://static-text")
-        assert read.contents[0].text
         prompts = await client.list_prompts()
         assert "test_prompt_with_arguments" in {p.name for p in prompts.prompts}
-        prompt = await client.get_prompt("test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
-        assert prompt.messages
-        completion = await client.complete(
-            types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments"),
-            {"name": "arg1", "value": "par"},
-        )
-        assert "paris" in completion.completion.values
+        await check_fixture_resources_prompts_completion(client)
 
 
 async def test_legacy_sse_client_end_to_end(bridge_any_mode: BridgeProcess):

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import anyio
 import httpx
-import httpx2
 import mcp_types as types
 import psutil
 import pytest
@@ -32,6 +31,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcpgateway.stack import Stack, free_port
+from mcpgateway.tests.conftest import check_fixture_resources_prompts_completion, sdk_http_factory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 CANARY = "deployment-credential-canary-7d1e"
@@ -98,22 +98,11 @@ def shared(catwalk) -> Running:
     return catwalk
 
 
-def http_factory(token: str):
-    def factory(headers=None, timeout=None, auth=None) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
-            headers={**(headers or {}), "Authorization": f"Bearer {token}"},
-            timeout=timeout or httpx2.Timeout(30, read=120),
-            auth=auth,
-        )
-
-    return factory
-
-
 @contextlib.asynccontextmanager
 async def sdk_client(
     target: Running, *, legacy_sse: bool = False, token: str | None = None, **options
 ) -> AsyncIterator[Client]:
-    factory = http_factory(token or target.token)
+    factory = sdk_http_factory({"Authorization": f"Bearer {token or target.token}"})
     if legacy_sse:
         options.setdefault("mode", "legacy")
         transport = sse_client(f"{target.url}/sse", httpx_client_factory=factory)
@@ -166,15 +155,7 @@ async def test_legacy_pinned_client_and_the_whole_feature_set(catwalk):
         assert sampled.content[0].text == "LLM response: 42"
         elicited = await client.call_tool("test_elicitation", {"message": "who?"})
         assert "ada" in elicited.content[0].text
-        read = await client.read_resource("test://static-text")
-        assert read.contents[0].text
-        prompt = await client.get_prompt("test_prompt_with_arguments", {"arg1": "a", "arg2": "b"})
-        assert prompt.messages
-        completion = await client.complete(
-            types.PromptReference(type="ref/prompt", name="test_prompt_with_arguments"),
-            {"name": "arg1", "value": "par"},
-        )
-        assert "paris" in completion.completion.values
+        await check_fixture_resources_prompts_completion(client)
 
 
 async def test_old_http_sse_clients_work_through_the_gateway(catwalk):
