@@ -8,6 +8,7 @@ defaults are refused. Every variable is listed in README.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -307,6 +308,35 @@ LOCAL_ISOLATED_MAX_SESSIONS = config.read_int("LOCAL_ISOLATED_MAX_SESSIONS", 20,
 LOCAL_SESSION_IDLE_TIMEOUT_SECONDS = config.read_int(
     "LOCAL_SESSION_IDLE_TIMEOUT_SECONDS", 1800, minimum=1
 )
+
+# The sandbox every local MCP server runs in (mcpgateway/sandbox.py, docs/security.md). It
+# needs root, bubblewrap, slirp4netns, setpriv and nft; without them the supervisor refuses to
+# start deployments unless CATWALK_UNSAFE_NO_SANDBOX is set, which runs servers as Catwalk's
+# own user with nothing between them and the host.
+UNSAFE_NO_SANDBOX = config.read_bool("CATWALK_UNSAFE_NO_SANDBOX", default=False)
+# Each deployment runs as its own uid, allocated upwards from here (never root, never Catwalk's).
+SANDBOX_UID_BASE = config.read_int("SANDBOX_UID_BASE", 200_000, minimum=1000)
+# Limits per deployment (per session process in isolated mode): memory (cgroup), CPU in cores
+# (cgroup), processes of its uid (cgroup and rlimit), open files, and its writable folders
+# (home, work, /tmp), a tmpfs that lives as long as the process.
+SANDBOX_MEMORY_MB = config.read_int("SANDBOX_MEMORY_MB", 1024, minimum=16)
+SANDBOX_CPU_PERCENT = config.read_int("SANDBOX_CPU_PERCENT", 100, minimum=1)
+SANDBOX_MAX_PROCESSES = config.read_int("SANDBOX_MAX_PROCESSES", 256, minimum=4)
+SANDBOX_MAX_OPEN_FILES = config.read_int("SANDBOX_MAX_OPEN_FILES", 4096, minimum=64)
+SANDBOX_DISK_MB = config.read_int("SANDBOX_DISK_MB", 512, minimum=1)
+# Extra host folders servers may read (the interpreters and node are always visible). Catwalk's
+# data folder stays hidden even inside one of these.
+SANDBOX_READONLY_PATHS = config.read_list("SANDBOX_READONLY_PATHS", [])
+# Extra IPv4 networks servers may not reach, beyond loopback, private, link-local, the host's
+# own addresses and the networks it is attached to.
+SANDBOX_BLOCKED_NETWORKS = config.read_list("SANDBOX_BLOCKED_NETWORKS", [])
+for _network in SANDBOX_BLOCKED_NETWORKS:
+    try:
+        if ipaddress.ip_network(_network, strict=False).version != 4:
+            raise ValueError("only IPv4 (the sandbox has no IPv6 route at all)")
+    except ValueError as _error:
+        raise SettingError("SANDBOX_BLOCKED_NETWORKS", f"{_network!r}: {_error}") from None
+SANDBOX_CGROUP_ROOT = config.read("SANDBOX_CGROUP_ROOT", "/sys/fs/cgroup")
 # --- end of the local runtime's settings ----------------------------------------------------
 
 GATEWAY_MAX_BODY_BYTES = config.read_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)

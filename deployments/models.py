@@ -9,7 +9,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from deployments import crypto
@@ -118,6 +118,9 @@ class Deployment(models.Model):
     status_detail = models.TextField(blank=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
     last_active_at = models.DateTimeField(null=True, blank=True)
+    # The host uid the local runtime's sandbox runs this deployment's processes as: its own,
+    # so no other deployment can signal, trace or share files with them.
+    sandbox_uid = models.PositiveIntegerField(unique=True, null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -194,6 +197,26 @@ class Deployment(models.Model):
                     actor=actor,
                 )
         self.desired_state = desired
+
+    def ensure_sandbox_uid(self) -> int:
+        """This deployment's sandbox uid, allocated on first use above SANDBOX_UID_BASE."""
+        if self.sandbox_uid is not None:
+            return self.sandbox_uid
+        for _ in range(10):
+            highest = Deployment.objects.aggregate(models.Max("sandbox_uid"))["sandbox_uid__max"]
+            candidate = max(highest or 0, settings.SANDBOX_UID_BASE - 1) + 1
+            try:
+                with transaction.atomic():
+                    claimed = Deployment.objects.filter(
+                        pk=self.pk, sandbox_uid__isnull=True
+                    ).update(sandbox_uid=candidate)
+            except IntegrityError:
+                continue  # another deployment took this uid first
+            if not claimed:  # allocated concurrently for this very deployment
+                candidate = Deployment.objects.values_list("sandbox_uid", flat=True).get(pk=self.pk)
+            self.sandbox_uid = candidate
+            return candidate
+        raise RuntimeError("could not allocate a sandbox uid")
 
     def credential_environment(self) -> dict[str, str]:
         """The decrypted credentials, for the child process only. Never log or render this."""

@@ -41,7 +41,7 @@ from django.utils import timezone
 
 from deployments.crypto import DecryptionError
 from deployments.models import TRANSITIONS, Deployment, DesiredState, Status, TransitionError
-from deployments.runtimes import local
+from deployments.runtimes import local, sandbox
 from deployments.runtimes.base import Endpoint, PackageError, ProbeError, list_tools
 
 log = logging.getLogger("catwalk.supervisor")
@@ -275,6 +275,7 @@ class Supervisor:
                     local.run_root(),
                     len(self.bridges),
                 )
+                self._announce_sandbox()
                 while self._exit is None:
                     self._pass(self.reconcile_once)
                     self._wait(nudges)
@@ -285,6 +286,20 @@ class Supervisor:
             else:
                 self.stop_all()
                 log.info("all bridges stopped; exiting")
+
+    @staticmethod
+    def _announce_sandbox() -> None:
+        check = sandbox.check()
+        if check.enabled:
+            log.info("MCP servers run sandboxed (bubblewrap, slirp4netns, own uid each)")
+        elif check.may_start:
+            log.warning(
+                "CATWALK_UNSAFE_NO_SANDBOX is set: MCP servers run UNSANDBOXED as uid %d, "
+                "with access to everything this user can reach",
+                os.geteuid(),
+            )
+        else:
+            log.error("%s", sandbox.refusal(check.problem))
 
     def request_exit(self, leave_running: bool) -> None:
         self._exit = "leave" if leave_running else "stop"
@@ -459,6 +474,10 @@ class Supervisor:
         except (PackageError, DecryptionError) as exc:
             self._move(row, Status.FAILED, f"Cannot start: {exc}")
             return
+        except sandbox.SandboxUnavailable as exc:
+            log.error("%s (%s): %s", row["name"], row["id"], exc)
+            self._move(row, Status.FAILED, str(exc))
+            return
         paths = local.run_paths(deployment.id)
         paths.prepare()
         self._clean_files(paths)
@@ -547,7 +566,12 @@ class Supervisor:
 
     @staticmethod
     def _crash_reason(health: dict[str, Any]) -> str:
-        return f"The MCP server keeps crashing: {health.get('last_error') or 'no error output'}"
+        last_error = health.get("last_error") or ""
+        for line in reversed(last_error.splitlines()):
+            if line.startswith(sandbox.LIMIT_MESSAGE_PREFIX):
+                limit = line.removeprefix(sandbox.LIMIT_MESSAGE_PREFIX)
+                return f"The MCP server was stopped by its sandbox: {limit}.\n{last_error}"
+        return f"The MCP server keeps crashing: {last_error or 'no error output'}"
 
     def _fail(self, row: dict[str, Any], bridge: ManagedBridge, reason: str) -> None:
         self._begin_stop(bridge, "discard")

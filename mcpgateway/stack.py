@@ -68,6 +68,8 @@ class Stack:
             # The conformance suite opens a session per scenario and never ends them; in
             # isolated mode each is a process, and the default cap (20) would refuse the rest.
             "LOCAL_ISOLATED_MAX_SESSIONS": "200",
+            # The fixture server's code, readable inside the sandbox.
+            "SANDBOX_READONLY_PATHS": str(ROOT / "mcpgateway"),
         }
         self.env.pop("REDIS_URL", None)
 

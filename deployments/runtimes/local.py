@@ -8,7 +8,10 @@ here.
 Per deployment, under `DATA_DIR/run/<id>/`: `bridge.sock` (the bridge's HTTP socket; in a short
 private folder under /tmp when DATA_DIR is too deep for the 108-byte unix socket limit),
 `bridge.pid`, `bridge.log` (the bridge's own output), `stderr.log` (the MCP server's stderr,
-rotated by the bridge to `stderr.log.1`), and the server's `home/`, `work/` and `tmp/`.
+rotated by the bridge to `stderr.log.1`), `sandbox.json` (the sandbox launcher's profile) and the
+server's `home/`, `work/` and `tmp/`. Sandboxed, the server sees `home/` and `work/` at the same
+paths but backed by its own size-limited tmpfs (mounted on `sandbox/` in the launcher's private
+mount namespace), and a private /tmp; unsandboxed it writes to these folders directly.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from django.conf import settings
 from django.db import transaction
 
 from deployments.models import Deployment, ProcessModel, Status
+from deployments.runtimes import sandbox
 from deployments.runtimes.base import (
     Endpoint,
     PackageError,
@@ -90,6 +94,8 @@ class RunPaths:
     home: Path
     work: Path
     tmp: Path
+    sandbox_area: Path
+    sandbox_profile: Path
 
     def prepare(self) -> None:
         ensure_private_dir(run_root())
@@ -117,6 +123,8 @@ def run_paths(deployment_id: object) -> RunPaths:
         home=root / "home",
         work=root / "work",
         tmp=root / "tmp",
+        sandbox_area=root / "sandbox",
+        sandbox_profile=root / "sandbox.json",
     )
 
 
@@ -197,25 +205,35 @@ def _tool_path() -> str:
     return os.pathsep.join(dict.fromkeys(folders))
 
 
-def child_environment(deployment: Deployment, paths: RunPaths) -> dict[str, str]:
+def sandbox_caches(paths: RunPaths) -> dict[str, str]:
+    """Package cache -> where a sandboxed server finds it (its own layer over the shared one)."""
+    return {"npm": str(paths.home / ".npm"), "uv": str(paths.home / ".cache" / "uv")}
+
+
+def child_environment(
+    deployment: Deployment, paths: RunPaths, *, sandboxed: bool = False
+) -> dict[str, str]:
     """The MCP server's whole environment: nothing of Catwalk's own, plus its credentials.
 
     Of the supervisor's environment only the host's TLS and proxy settings pass
     (`LOCAL_PASSTHROUGH_ENV`).
 
-    Raises DecryptionError when a credential cannot be decrypted. The npm and uv caches are
-    shared between deployments so cold starts reuse downloads (sandboxing will split them).
+    Raises DecryptionError when a credential cannot be decrypted. Sandboxed, the npm and uv
+    caches are the deployment's own, layered over the shared ones (read-only); unsandboxed they
+    are the shared ones.
     """
+    caches = sandbox_caches(paths) if sandboxed else {}
     environment = {
         "PATH": _tool_path(),
         "HOME": str(paths.home),
-        "TMPDIR": str(paths.tmp),
+        # The sandbox has a private /tmp of its own.
+        "TMPDIR": "/tmp" if sandboxed else str(paths.tmp),  # noqa: S108
         "LANG": "C.UTF-8",
-        "npm_config_cache": str(cache_root() / "npm"),
+        "npm_config_cache": caches.get("npm", str(cache_root() / "npm")),
         "npm_config_update_notifier": "false",
         "npm_config_fund": "false",
         "npm_config_audit": "false",
-        "UV_CACHE_DIR": str(cache_root() / "uv"),
+        "UV_CACHE_DIR": caches.get("uv", str(cache_root() / "uv")),
     }
     for name in settings.LOCAL_PASSTHROUGH_ENV:
         if name in os.environ:
@@ -250,12 +268,38 @@ def session_limits(deployment: Deployment) -> list[str]:
 
 
 def launch_spec(deployment: Deployment) -> LaunchSpec:
-    """The bridge command for a deployment. Raises PackageError or DecryptionError."""
+    """The bridge command for a deployment.
+
+    Raises PackageError, DecryptionError, or SandboxUnavailable when the sandbox cannot run and
+    CATWALK_UNSAFE_NO_SANDBOX is not set. Sandboxed, writes the launcher's profile.
+    """
     paths = run_paths(deployment.id)
     server = deployment_command(
         deployment,
         uvx=os.path.join(os.path.dirname(sys.executable), "uvx"),
     )
+    check = sandbox.check()
+    if not check.may_start:
+        raise sandbox.SandboxUnavailable(sandbox.refusal(check.problem))
+    fatal: list[str] = []
+    if check.enabled:
+        paths.prepare()
+        shared = {name: str(cache_root() / name) for name in sandbox_caches(paths)}
+        profile = sandbox.profile(
+            name=str(deployment.id),
+            uid=deployment.ensure_sandbox_uid(),
+            area=paths.sandbox_area,
+            binds={"home": str(paths.home), "work": str(paths.work), "tmp": "/tmp"},  # noqa: S108
+            caches={shared[name]: target for name, target in sandbox_caches(paths).items()},
+        )
+        sandbox.write_profile(paths.sandbox_profile, profile)
+        server = sandbox.wrap(server, paths.sandbox_profile)
+        fatal = [
+            "--fatal-exit-status",
+            str(sandbox.LIMIT_EXIT_STATUS),
+            "--fatal-exit-status",
+            str(sandbox.SETUP_EXIT_STATUS),
+        ]
     argv = [
         sys.executable,
         "-m",
@@ -269,10 +313,11 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
         str(paths.stderr_log),
         "--cwd",
         str(paths.work),
+        *fatal,
         "--",
         *server,
     ]
-    env = child_environment(deployment, paths)
+    env = child_environment(deployment, paths, sandboxed=check.enabled)
     env["CATWALK_BRIDGE_SECRET"] = bridge_secret(deployment.id)
     # The project folder as working directory is what makes `-m mcpgateway.bridge` importable,
     # without a PYTHONPATH that the MCP server would inherit.

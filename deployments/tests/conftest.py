@@ -184,8 +184,11 @@ def supervisor_env(transactional_db, settings) -> Iterator[dict[str, str]]:
             "SECRET_KEY": settings.SECRET_KEY,
             "CATWALK_ENCRYPTION_KEYS": ",".join(settings.CATWALK_ENCRYPTION_KEYS),
             "DJANGO_SETTINGS_MODULE": "catwalk.settings",
+            # The fixture servers' code, readable inside the sandbox (PYTHONPATH=REPO_ROOT).
+            "SANDBOX_READONLY_PATHS": str(REPO_ROOT / "mcpgateway"),
         }
     )
+    settings.SANDBOX_READONLY_PATHS = [env["SANDBOX_READONLY_PATHS"]]
     yield env
     shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.fernet import Fernet
+from django.db import transaction
 from django.utils import timezone
 
 from deployments import services
@@ -158,9 +159,10 @@ def test_idle_deployment_sleeps_and_a_wake_brings_it_back(supervisor, owner):
 
 
 def test_undecryptable_credential_fails_the_deployment_with_the_reason(supervisor, owner):
-    deployment, _ = deploy_fixture_server(owner, environment={"API_KEY": "s3cret"})
     stranger_ciphertext = Fernet(Fernet.generate_key()).encrypt(b"s3cret").decode()
-    Credential.objects.filter(deployment=deployment).update(encrypted_value=stranger_ciphertext)
+    with transaction.atomic():  # the supervisor never sees the readable credential
+        deployment, _ = deploy_fixture_server(owner, environment={"API_KEY": "s3cret"})
+        Credential.objects.filter(deployment=deployment).update(encrypted_value=stranger_ciphertext)
 
     supervisor.wait_for_status(deployment, Status.FAILED)
 

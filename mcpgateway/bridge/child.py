@@ -160,6 +160,11 @@ class ChildProcess:
         self._stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
 
     @property
+    def exit_status(self) -> int | None:
+        """The process's exit status once it has exited (negative: killed by that signal)."""
+        return self._exited.result() if self._exited.done() else None
+
+    @property
     def alive(self) -> bool:
         """True until the child exited or closed its stdout."""
         return self._transport is not None and not self._gone

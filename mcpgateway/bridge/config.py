@@ -35,6 +35,8 @@ class BridgeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     stderr_log: Path | None = None
     cwd: str | None = None
+    # A shared child exiting with one of these is not restarted: the bridge reports "crashed".
+    fatal_exit_statuses: frozenset[int] = frozenset()
     secret: str | None = field(default=None, repr=False)
 
 
@@ -84,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stderr-log", type=Path, default=None, metavar="PATH")
     parser.add_argument("--cwd", default=None, metavar="DIR")
+    parser.add_argument(
+        "--fatal-exit-status",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="a child exiting with this status is not restarted (repeatable)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ARG...")
     return parser
 
@@ -109,5 +119,6 @@ def parse_args(argv: list[str], environ: dict[str, str]) -> BridgeConfig:
         max_body_bytes=args.max_body_bytes,
         stderr_log=args.stderr_log,
         cwd=args.cwd,
+        fatal_exit_statuses=frozenset(args.fatal_exit_status),
         secret=environ.get("CATWALK_BRIDGE_SECRET") or None,
     )

@@ -148,6 +148,9 @@ class Bridge:
                 self.end_session(session, "the MCP server process exited")
             await upstream.stop()
             self.last_error = self._stderr_tail(upstream.dead_reason or "the MCP server failed")
+            if upstream.child.exit_status in self.config.fatal_exit_statuses:
+                self.status = "crashed"
+                return
             now = time.monotonic()
             failures = [t for t in failures if now - t < CRASH_LOOP_WINDOW_SECONDS] + [now]
             if len(failures) >= CRASH_LOOP_FAILURES:

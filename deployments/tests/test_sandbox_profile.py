@@ -1,0 +1,124 @@
+"""The local runtime's side of the sandbox: availability, refusal, uids and the profile."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from catwalk.testing import make_deployment
+from deployments.runtimes import sandbox
+from deployments.runtimes.local import launch_spec, run_paths
+from mcpgateway import sandbox as launcher
+
+needs_sandbox = pytest.mark.skipif(
+    not sandbox.check().enabled, reason=f"no sandbox here: {sandbox.check().problem}"
+)
+
+
+def test_the_runtime_and_the_launcher_agree_on_exit_statuses_and_messages():
+    assert sandbox.LIMIT_EXIT_STATUS == launcher.LIMIT_EXIT_STATUS
+    assert sandbox.SETUP_EXIT_STATUS == launcher.SETUP_EXIT_STATUS
+    assert f"{launcher.MESSAGE_PREFIX} stopped: " == sandbox.LIMIT_MESSAGE_PREFIX
+    assert sandbox.LAUNCHER.resolve() == Path(launcher.__file__).resolve()
+
+
+@pytest.mark.django_db
+def test_missing_tools_refuse_to_start_and_say_what_to_install(owner, settings, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(sandbox.shutil, "which", lambda program, path=None: None)
+    deployment = make_deployment(owner)
+
+    check = sandbox.check()
+    with pytest.raises(sandbox.SandboxUnavailable) as refused:
+        launch_spec(deployment)
+
+    assert not check.enabled and not check.may_start
+    message = str(refused.value)
+    assert "bwrap (Debian package bubblewrap)" in message
+    assert "slirp4netns (Debian package slirp4netns)" in message
+    assert "CATWALK_UNSAFE_NO_SANDBOX=1" in message
+
+
+@pytest.mark.django_db
+def test_unsafe_setting_runs_servers_unsandboxed(owner, settings):
+    settings.UNSAFE_NO_SANDBOX = True
+    deployment = make_deployment(owner)
+
+    spec = launch_spec(deployment)
+
+    assert sandbox.check().may_start and not sandbox.check().enabled
+    assert str(sandbox.LAUNCHER) not in spec.argv
+
+
+@pytest.mark.django_db
+def test_each_deployment_gets_its_own_uid_above_the_base_once(owner, settings):
+    settings.SANDBOX_UID_BASE = 300_000
+    first, second = make_deployment(owner, name="one"), make_deployment(owner, name="two")
+
+    uids = [first.ensure_sandbox_uid(), second.ensure_sandbox_uid(), first.ensure_sandbox_uid()]
+
+    assert uids == [300_000, 300_001, 300_000]
+    first.refresh_from_db()
+    assert first.sandbox_uid == 300_000
+
+
+@pytest.mark.django_db
+def test_host_addresses_and_networks_are_blocked(owner, settings):
+    settings.SANDBOX_BLOCKED_NETWORKS = ["203.0.113.7/32"]
+    paths = run_paths(make_deployment(owner).id)
+
+    profile = sandbox.profile(
+        name="x", uid=300_000, area=paths.sandbox_area, binds={"home": "/h"}, caches={}
+    )
+
+    assert "203.0.113.7/32" in profile["blocked"]
+    for network in sandbox.host_networks():
+        assert network in profile["blocked"]
+    assert any(n.endswith("/32") and not n.startswith("127.") for n in sandbox.host_networks())
+
+
+@needs_sandbox
+@pytest.mark.django_db
+def test_sandboxed_launch_wraps_the_server_and_writes_a_private_profile(owner, settings):
+    settings.SANDBOX_MEMORY_MB = 300
+    settings.SANDBOX_DISK_MB = 40
+    deployment = make_deployment(owner, package_version="2026.1.26")
+
+    spec = launch_spec(deployment)
+
+    paths = run_paths(deployment.id)
+    separator = spec.argv.index("--")
+    assert spec.argv[separator + 1 : separator + 8] == [
+        sys.executable,
+        "-I",
+        "-S",
+        str(sandbox.LAUNCHER),
+        "--profile",
+        str(paths.sandbox_profile),
+        "--",
+    ]
+    assert spec.argv[-4:] == [
+        "npx",
+        "-y",
+        "--",
+        "@modelcontextprotocol/server-everything@2026.1.26",
+    ]
+    assert spec.argv.count("--fatal-exit-status") == 2
+    assert stat.S_IMODE(paths.sandbox_profile.stat().st_mode) == 0o600
+    profile = json.loads(paths.sandbox_profile.read_text())
+    deployment.refresh_from_db()
+    assert profile["uid"] == deployment.sandbox_uid >= settings.SANDBOX_UID_BASE
+    assert profile["limits"]["memory_bytes"] == 300 << 20
+    assert profile["writable"]["size_bytes"] == 40 << 20
+    assert str(settings.DATA_DIR) in profile["hidden"]
+    assert spec.env["HOME"] == profile["writable"]["binds"]["home"] == str(paths.home)
+    assert spec.env["TMPDIR"] == "/tmp"
+    assert spec.env["npm_config_cache"] == str(paths.home / ".npm")
+    assert {c["target"] for c in profile["caches"]} == {
+        spec.env["npm_config_cache"],
+        spec.env["UV_CACHE_DIR"],
+    }

@@ -1,0 +1,684 @@
+"""The sandbox launcher: runs one untrusted MCP server process under bubblewrap.
+
+    python -I -S mcpgateway/sandbox.py --profile PROFILE.json -- COMMAND ARG...
+
+The bridge runs this file as its child command (and again for every restart), so the bridge
+stays outside the sandbox and talks to the server over the stdio it hands down. Standard
+library only, no project imports: it starts in a few milliseconds and the Fly runner can use it
+as it is. It must run as root; the server never does.
+
+What the server gets (the profile, written by the local runtime, says the details):
+
+* its own uid and gid (never root, never Catwalk's), no capabilities, no new privileges;
+* its own mount, PID, IPC, UTS and cgroup namespaces: the host system read-only and only what
+  a server needs of it (/usr, the interpreters, TLS roots), a private /proc, /dev and /tmp,
+  Catwalk's data folder hidden, and one writable tmpfs of a fixed size for its home, work and
+  temporary folders (it lives as long as the process, like a Fly Machine's root filesystem);
+* shared package caches through overlayfs: read from the shared copy, writes land in its own
+  tmpfs, so nothing one deployment writes reaches another;
+* its own network namespace whose only way out is slirp4netns with host loopback disabled, and
+  nftables rules inside that namespace refusing loopback, private, link-local and the host's
+  own addresses; DNS goes through slirp4netns' resolver only;
+* limits: rlimits always (open files, processes of its uid, file size, no core dumps) and cgroup
+  memory, CPU and pids limits where the host offers cgroups.
+
+The launcher watches the cgroup counters and the size of the writable folder. When the server
+blows a limit it kills the whole sandbox, writes one line saying which limit to stderr (which
+the bridge keeps as the server's log) and exits with LIMIT_EXIT_STATUS, which the bridge treats
+as fatal rather than restarting. Otherwise it exits with the server's own status. SIGTERM and
+SIGINT are passed to the server; if the launcher dies, the kernel kills the sandbox with it.
+"""
+
+from __future__ import annotations
+
+# Imports are few and cheap on purpose: the launcher's own start-up is part of every server's.
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import select
+import signal
+import sys
+import time
+
+# The bridge is told (--fatal-exit-status) not to restart a child that exits with this.
+LIMIT_EXIT_STATUS = 125
+# Setup failures (bad profile, missing tool, no permission) exit with this, after one line
+# saying what is wrong.
+SETUP_EXIT_STATUS = 126
+MESSAGE_PREFIX = "catwalk-sandbox:"
+MAX_FD = 1 << 20
+WATCH_INTERVAL_SECONDS = 0.25
+STOP_GRACE_SECONDS = 5.0
+SLIRP_READY_TIMEOUT_SECONDS = 10.0
+
+# Address ranges no deployment may reach, besides the host's own addresses and networks, which
+# the profile lists: "this network", private, carrier-grade NAT, loopback, link-local (cloud
+# metadata), IETF protocol assignments, benchmarking, multicast and reserved.
+ALWAYS_BLOCKED = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/3",
+)
+# slirp4netns' fixed resolver address inside the namespace.
+SLIRP_DNS = "10.0.2.3"
+# The host files a server may read, besides /usr; /etc/resolv.conf, /etc/passwd and /etc/group
+# are the launcher's own.
+ETC_ENTRIES = (
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "gai.conf",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "ssl",
+)
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+
+class SetupError(Exception):
+    """The sandbox cannot be built; the message says why."""
+
+
+def say(message: str) -> None:
+    print(f"{MESSAGE_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+# --- The profile ----------------------------------------------------------------------------
+
+
+class Profile:
+    """The launcher's instructions, as the local runtime wrote them (`deployments.sandbox`)."""
+
+    def __init__(self, data: dict) -> None:
+        try:
+            self.name = str(data["name"])
+            self.uid = int(data["uid"])
+            self.gid = int(data["gid"])
+            writable = data["writable"]
+            self.area = str(writable["mount"])
+            self.area_bytes = int(writable["size_bytes"])
+            self.binds = {str(k): str(v) for k, v in writable["binds"].items()}
+            self.readonly = [str(p) for p in data.get("readonly", [])]
+            self.hidden = [str(p) for p in data.get("hidden", [])]
+            self.caches = [(str(c["shared"]), str(c["target"])) for c in data.get("caches", [])]
+            limits = data["limits"]
+            self.memory_bytes = int(limits["memory_bytes"])
+            self.cpus = float(limits["cpus"])
+            self.pids = int(limits["pids"])
+            self.open_files = int(limits["open_files"])
+            self.blocked = [str(n) for n in data.get("blocked", [])]
+            self.cgroup_root = str(data.get("cgroup_root", "/sys/fs/cgroup"))
+            self.tools = {str(k): str(v) for k, v in data["tools"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SetupError(f"bad profile: {exc!r}") from exc
+        for tool in ("bwrap", "setpriv", "nft", "slirp4netns"):
+            if not os.access(self.tools.get(tool, ""), os.X_OK):
+                raise SetupError(f"bad profile: {tool} is not an executable program")
+        if self.uid <= 0 or self.gid <= 0 or self.uid == os.geteuid():
+            raise SetupError(f"refusing to run the server as uid {self.uid}")
+        if min(self.area_bytes, self.memory_bytes, self.pids, self.open_files) <= 0:
+            raise SetupError("every limit must be positive")
+        if not self.cpus > 0:
+            raise SetupError("the CPU limit must be positive")
+        for network in self.blocked:
+            # nft parses these; refuse anything that is not a plain IPv4 address or prefix.
+            address, _, length = network.partition("/")
+            parts = address.split(".")
+            if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+                raise SetupError(f"bad blocked network {network!r}")
+            if length and not (length.isdigit() and int(length) <= 32):
+                raise SetupError(f"bad blocked network {network!r}")
+
+
+# --- Processes ------------------------------------------------------------------------------
+
+
+def spawn(argv: list[str], *, keep: tuple[int, ...] = (), before_exec=None, quiet=False) -> int:
+    """fork + exec, keeping only stdio and `keep` open; returns the pid.
+
+    `before_exec` runs in the child (cgroup joining, rlimits, entering a namespace). An exec
+    failure is reported on stderr and the child exits with SETUP_EXIT_STATUS.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        if quiet:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+        low = 3
+        for fd in sorted(set(keep)):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, MAX_FD)
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        if before_exec is not None:
+            before_exec()
+        os.execv(argv[0], argv)  # noqa: S606 - argv comes from the profile, not a shell
+    except BaseException as exc:  # nothing may escape a forked child
+        try:
+            say(f"cannot start {argv[0]}: {exc}")
+        finally:
+            os._exit(SETUP_EXIT_STATUS)
+    raise AssertionError("unreachable")
+
+
+def exit_status(wait_status: int) -> int:
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+# --- Mounts (in the launcher's own mount namespace) ----------------------------------------
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p,) * 3 + (ctypes.c_ulong, ctypes.c_char_p)
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    result = _libc.mount(
+        source.encode(),
+        os.fsencode(target),
+        fstype.encode() if fstype else None,
+        flags,
+        data.encode() if data else None,
+    )
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise SetupError(f"mount {fstype or source} on {target}: {os.strerror(errno)}")
+
+
+def prepare_writable_area(profile: Profile) -> dict[str, str]:
+    """A private tmpfs of the profile's size, owned by the server's uid, with its folders.
+
+    Mounted in a mount namespace of the launcher's own, so it vanishes with the launcher and
+    the sandbox; several launchers of one deployment (isolated sessions) each get their own.
+    Returns the binds: folder in the area -> path in the sandbox.
+    """
+    os.unshare(os.CLONE_NEWNS)
+    _mount("none", "/", None, MS_REC | MS_PRIVATE)
+    os.makedirs(profile.area, mode=0o700, exist_ok=True)
+    # 0755: bubblewrap enters these folders after dropping its capabilities. Nobody else sees
+    # them: the mount lives in this private namespace.
+    options = f"size={profile.area_bytes},mode=0755,uid={profile.uid},gid={profile.gid}"
+    _mount("catwalk-sandbox", profile.area, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    binds = {}
+    for name, target in profile.binds.items():
+        folder = os.path.join(profile.area, name)
+        os.mkdir(folder, 0o755)
+        os.chown(folder, profile.uid, profile.gid)
+        binds[folder] = target
+    etc = os.path.join(profile.area, ".etc")
+    os.mkdir(etc, 0o755)
+    home = profile.binds.get("home", "/")
+    files = {
+        "resolv.conf": f"nameserver {SLIRP_DNS}\n",
+        "passwd": (
+            "root:x:0:0::/:/usr/sbin/nologin\n"
+            f"server:x:{profile.uid}:{profile.gid}::{home}:/bin/sh\n"
+        ),
+        "group": f"root:x:0:\nserver:x:{profile.gid}:\n",
+    }
+    for name, text in files.items():
+        with open(os.path.join(etc, name), "w") as handle:
+            handle.write(text)
+    for index, (shared, target) in enumerate(profile.caches):
+        if not os.path.isdir(shared):
+            continue
+        layer = os.path.join(profile.area, f".cache-{index}")
+        upper, work, merged = (os.path.join(layer, part) for part in ("upper", "work", "merged"))
+        for folder in (upper, work, merged):
+            os.makedirs(folder, 0o755)
+        os.chown(upper, profile.uid, profile.gid)
+        _mount(
+            "overlay",
+            merged,
+            "overlay",
+            MS_NOSUID | MS_NODEV,
+            f"lowerdir={shared},upperdir={upper},workdir={work}",
+        )
+        binds[merged] = target
+    return binds
+
+
+def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block_fd: int):
+    """bubblewrap's command line: namespaces, the read-only system, the writable binds."""
+    args = [
+        profile.tools["bwrap"],
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    for name in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    created: set[str] = {"/"}
+
+    def parents_of(target: str) -> list[str]:
+        # bubblewrap would create missing parents with mode 0700, which the server's uid could
+        # not traverse.
+        out: list[str] = []
+        parent = os.path.dirname(target)
+        chain = []
+        while parent not in created:
+            chain.append(parent)
+            parent = os.path.dirname(parent)
+        for folder in reversed(chain):
+            created.add(folder)
+            out += ["--perms", "0755", "--dir", folder]
+        return out
+
+    for entry in ETC_ENTRIES:
+        path = f"/etc/{entry}"
+        if os.path.exists(path):
+            args += [*parents_of(path), "--ro-bind", path, path]
+    etc = os.path.join(profile.area, ".etc")
+    for entry in ("resolv.conf", "passwd", "group"):
+        args += [*parents_of(f"/etc/{entry}"), "--ro-bind", f"{etc}/{entry}", f"/etc/{entry}"]
+    # A private /tmp first: read-only folders below /tmp stay visible on top of it.
+    for source, target in binds.items():
+        if target == "/tmp":  # noqa: S108
+            args += ["--bind", source, target]
+    for path in profile.readonly:
+        if os.path.exists(path):
+            args += [*parents_of(path), "--ro-bind", path, path]
+    for path in profile.hidden:
+        if os.path.exists(path):
+            args += [*parents_of(path), "--tmpfs", path]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for source, target in binds.items():
+        if target != "/tmp":  # noqa: S108
+            args += [*parents_of(target), "--bind", source, target]
+    args += ["--chdir", profile.binds.get("work", profile.binds.get("home", "/"))]
+    args += [
+        # setpriv needs these two to take the server's uid, which then clears them.
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "CAP_SETUID",
+        "--cap-add",
+        "CAP_SETGID",
+        "--info-fd",
+        str(info_fd),
+        "--block-fd",
+        str(block_fd),
+        "--",
+        profile.tools["setpriv"],
+        f"--reuid={profile.uid}",
+        f"--regid={profile.gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--no-new-privs",
+        "--",
+    ]
+    return args
+
+
+# --- Limits ---------------------------------------------------------------------------------
+
+
+class Cgroups:
+    """This launch's cgroup (v1 controllers or v2), or none where the host offers none."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.folders: dict[str, str] = {}
+        root = profile.cgroup_root
+        self.v2 = os.path.exists(os.path.join(root, "cgroup.controllers"))
+        relative = os.path.join("catwalk", profile.name, str(os.getpid()))
+        if self.v2:
+            self.candidates = {"all": (root, os.path.join(root, relative))}
+        else:
+            self.candidates = {
+                c: (os.path.join(root, c), os.path.join(root, c, relative))
+                for c in ("memory", "cpu", "pids")
+            }
+
+    def create(self) -> None:
+        period = 100_000
+        quota = max(1000, int(self.profile.cpus * period))
+        memory, pids = self.profile.memory_bytes, self.profile.pids
+        limits = {
+            "memory": [
+                ("memory.limit_in_bytes", memory),
+                ("memory.memsw.limit_in_bytes", memory),
+            ],
+            "cpu": [("cpu.cfs_period_us", period), ("cpu.cfs_quota_us", quota)],
+            "pids": [("pids.max", pids)],
+            "all": [
+                ("memory.max", memory),
+                ("memory.swap.max", 0),
+                ("cpu.max", f"{quota} {period}"),
+                ("pids.max", pids),
+            ],
+        }
+        for controller, (base, folder) in self.candidates.items():
+            if not os.access(base, os.W_OK):
+                continue
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError:
+                continue
+            self.folders[controller] = folder
+            for name, value in limits[controller]:
+                path = os.path.join(folder, name)
+                if os.path.exists(path):
+                    with open(path, "w") as handle:
+                        handle.write(str(value))
+
+    def join(self) -> None:
+        """Runs in the forked child before bubblewrap: everything it starts is counted."""
+        for folder in self.folders.values():
+            with open(os.path.join(folder, "cgroup.procs"), "w") as handle:
+                handle.write("0")
+
+    def _counter(self, controller: str, filename: str, key: str) -> int:
+        folder = self.folders.get(controller)
+        if folder is None:
+            return 0
+        try:
+            with open(os.path.join(folder, filename)) as handle:
+                for line in handle:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def oom_kills(self) -> int:
+        if self.v2:
+            return self._counter("all", "memory.events", "oom_kill")
+        return self._counter("memory", "memory.oom_control", "oom_kill")
+
+    def pid_limit_hits(self) -> int:
+        return self._counter("all" if self.v2 else "pids", "pids.events", "max")
+
+    def kill_all(self) -> None:
+        for folder in self.folders.values():
+            try:
+                with open(os.path.join(folder, "cgroup.procs")) as handle:
+                    pids = handle.read().split()
+            except OSError:
+                continue
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+    def remove(self) -> None:
+        for folder in self.folders.values():
+            for _ in range(40):
+                try:
+                    os.rmdir(folder)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # the last processes are still exiting
+                    time.sleep(0.025)
+            for parent in (os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
+                try:
+                    os.rmdir(parent)  # only once no other launch uses it
+                except OSError:
+                    break
+
+
+def set_rlimits(profile: Profile) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (profile.open_files, profile.open_files))
+    # Per uid, and the uid is this deployment's own: its processes, all launches together.
+    resource.setrlimit(resource.RLIMIT_NPROC, (profile.pids, profile.pids))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (profile.area_bytes, profile.area_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+# --- Network --------------------------------------------------------------------------------
+
+
+def firewall_rules(profile: Profile) -> str:
+    """nftables rules for the sandbox's namespace: the public internet only."""
+    networks = ", ".join(sorted(set(ALWAYS_BLOCKED) | set(profile.blocked)))
+    return (
+        "table inet catwalk {\n"
+        "  chain out {\n"
+        "    type filter hook output priority 0; policy accept;\n"
+        '    oif "lo" accept\n'
+        f"    ip daddr {SLIRP_DNS} udp dport 53 accept\n"
+        f"    ip daddr {SLIRP_DNS} tcp dport 53 accept\n"
+        f"    ip daddr {{ {networks} }} reject with icmp type admin-prohibited\n"
+        "    meta nfproto ipv6 reject with icmpv6 type admin-prohibited\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def start_firewall(profile: Profile, pid: int) -> int:
+    """Load the rules into the sandbox's network namespace; returns nft's pid."""
+    path = os.path.join(profile.area, ".etc", "firewall.nft")
+    with open(path, "w") as handle:
+        handle.write(firewall_rules(profile))
+    netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        return spawn(
+            [profile.tools["nft"], "-f", path],
+            keep=(netns,),
+            before_exec=lambda: os.setns(netns, os.CLONE_NEWNET),
+        )
+    finally:
+        os.close(netns)
+
+
+def start_slirp(profile: Profile, pid: int) -> tuple[int, int]:
+    """slirp4netns for the namespace; returns its pid and the fd that says when it is ready."""
+    ready_read, ready_write = os.pipe()
+    slirp = spawn(
+        [
+            profile.tools["slirp4netns"],
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--enable-sandbox",
+            "--enable-seccomp",
+            f"--ready-fd={ready_write}",
+            str(pid),
+            "tap0",
+        ],
+        keep=(ready_write,),
+        quiet=True,
+    )
+    os.close(ready_write)
+    return slirp, ready_read
+
+
+def wait_ready(slirp: int, ready_read: int) -> None:
+    try:
+        readable, _, _ = select.select([ready_read], [], [], SLIRP_READY_TIMEOUT_SECONDS)
+        if not readable or os.read(ready_read, 1) != b"1":
+            raise SetupError("slirp4netns did not bring up the network")
+    finally:
+        os.close(ready_read)
+
+
+# --- Running --------------------------------------------------------------------------------
+
+
+def read_info(fd: int) -> dict:
+    data = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise SetupError("bubblewrap exited before the sandbox was ready")
+        data += chunk
+        try:
+            return json.loads(data)
+        except ValueError:
+            continue
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / (1 << 20):g} MiB"
+
+
+class Launcher:
+    def __init__(self, profile: Profile, command: list[str]) -> None:
+        self.profile = profile
+        self.command = command
+        self.cgroups = Cgroups(profile)
+        self.sandbox: int | None = None
+        self.slirp: int | None = None
+        self.inner_pid: int | None = None
+        self.stopping = False
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self._cleanup()
+
+    def _run(self) -> int:
+        profile = self.profile
+        binds = prepare_writable_area(profile)
+        self.cgroups.create()
+        info_read, info_write = os.pipe()
+        block_read, block_write = os.pipe()
+
+        def in_child() -> None:
+            self.cgroups.join()
+            set_rlimits(profile)
+
+        self.sandbox = spawn(
+            [*bwrap_arguments(profile, binds, info_write, block_read), *self.command],
+            keep=(info_write, block_read),
+            before_exec=in_child,
+        )
+        os.close(info_write)
+        os.close(block_read)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._forward)
+        try:
+            self.inner_pid = int(read_info(info_read)["child-pid"])
+            firewall = start_firewall(profile, self.inner_pid)
+            self.slirp, ready = start_slirp(profile, self.inner_pid)
+            if exit_status(os.waitpid(firewall, 0)[1]) != 0:
+                raise SetupError("the firewall rules could not be loaded")
+            wait_ready(self.slirp, ready)
+        except (SetupError, OSError) as exc:
+            if os.waitpid(self.sandbox, os.WNOHANG)[0]:
+                self.sandbox = None
+                raise SetupError("bubblewrap could not build the sandbox (see above)") from exc
+            raise
+        finally:
+            os.close(info_read)
+        baseline = (self.cgroups.oom_kills(), self.cgroups.pid_limit_hits())
+        exited = os.pidfd_open(self.sandbox)
+        os.write(block_write, b"go")
+        os.close(block_write)
+        while True:
+            select.select([exited], [], [], WATCH_INTERVAL_SECONDS)
+            pid, status = os.waitpid(self.sandbox, os.WNOHANG)
+            reason = self._breach(baseline)
+            if pid:
+                self.sandbox = None
+                # A server the OOM killer ended may exit before the counter is read above.
+                reason = reason or self._breach(baseline)
+                if reason is not None and not self.stopping:
+                    say(f"stopped: {reason}")
+                    return LIMIT_EXIT_STATUS
+                return exit_status(status)
+            if reason is not None:
+                self.cgroups.kill_all()
+                say(f"stopped: {reason}")
+                return LIMIT_EXIT_STATUS
+
+    def _breach(self, baseline: tuple[int, int]) -> str | None:
+        profile = self.profile
+        if self.cgroups.oom_kills() > baseline[0]:
+            return f"memory limit ({_megabytes(profile.memory_bytes)}) reached"
+        if self.cgroups.pid_limit_hits() > baseline[1]:
+            return f"process limit ({profile.pids} processes) reached"
+        stats = os.statvfs(profile.area)
+        if stats.f_bavail == 0 or stats.f_favail == 0:
+            return f"disk limit ({_megabytes(profile.area_bytes)}) reached"
+        return None
+
+    def _forward(self, sig: int, _frame: object) -> None:
+        self.stopping = True
+        if self.inner_pid is None:
+            if self.sandbox is not None:
+                os.kill(self.sandbox, signal.SIGKILL)
+            return
+        # The sandbox's PID 1 is bubblewrap's reaper; the server is its child.
+        try:
+            with open(f"/proc/{self.inner_pid}/task/{self.inner_pid}/children") as handle:
+                children = handle.read().split()
+        except OSError:
+            return
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), sig)
+
+    def _cleanup(self) -> None:
+        self.cgroups.kill_all()
+        for pid in (self.sandbox, self.slirp):
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.cgroups.kill_all()
+        self.cgroups.remove()
+
+
+USAGE = "usage: sandbox.py --profile PROFILE.json -- COMMAND [ARG...]"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 4 or argv[0] != "--profile" or argv[2] != "--":
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        if os.geteuid() != 0:
+            raise SetupError("the sandbox launcher must run as root to give the server its own uid")
+        with open(argv[1]) as handle:
+            profile = Profile(json.load(handle))
+        return Launcher(profile, argv[3:]).run()
+    except (SetupError, OSError, ValueError) as exc:
+        say(f"cannot start the sandbox: {exc}")
+        return SETUP_EXIT_STATUS
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,353 @@
+"""The sandbox launcher on its own: what a process inside can and cannot do, and its limits.
+
+Each test runs a short Python program through `mcpgateway/sandbox.py` as the bridge would, with
+a profile like the local runtime writes. Needs root, bubblewrap, slirp4netns and nft; skipped
+with the reason where the host lacks them (CI installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mcpgateway import sandbox
+
+LAUNCHER = Path(sandbox.__file__).resolve()
+TOOLS = {name: shutil.which(name, path="/usr/sbin:/usr/bin:/sbin") for name in (
+    "bwrap", "slirp4netns", "setpriv", "nft"
+)}  # fmt: skip
+MISSING = [name for name, path in TOOLS.items() if path is None]
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(MISSING),
+    reason=f"the sandbox needs root and {', '.join(MISSING) or 'nothing else'}",
+)
+UID = 299_990
+
+
+@pytest.fixture
+def area(tmp_path_factory) -> Path:
+    """A folder of Catwalk's: the tmpfs mount point and the bind targets live in it."""
+    return tmp_path_factory.mktemp("sbx")
+
+
+def make_profile(folder: Path, **changes) -> Path:
+    data = {
+        "name": f"test-{os.getpid()}",
+        "uid": UID,
+        "gid": UID,
+        "writable": {
+            "mount": str(folder / "area"),
+            "size_bytes": 32 << 20,
+            "binds": {"home": str(folder / "home"), "work": str(folder / "work"), "tmp": "/tmp"},
+        },
+        "readonly": [sys.base_prefix, sys.prefix],
+        "hidden": [],
+        "caches": [],
+        "limits": {"memory_bytes": 192 << 20, "cpus": 1, "pids": 48, "open_files": 256},
+        "blocked": [],
+        "tools": TOOLS,
+    }
+    for key, value in changes.items():
+        if key in data["limits"]:
+            data["limits"][key] = value
+        else:
+            data[key] = value
+    path = folder / "profile.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def run(folder: Path, program: str, *, timeout: float = 60, env=None, **changes):
+    profile = make_profile(folder, **changes)
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
+         sys.executable, "-c", textwrap.dedent(program)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else {"HOME": str(folder / "home"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+def test_the_server_runs_as_its_own_uid_with_no_capabilities(area):
+    result = run(area, """
+        import os
+        status = open("/proc/self/status").read()
+        caps = [l.split()[1] for l in status.splitlines() if l.startswith(("CapEff", "CapPrm"))]
+        nonew = [l.split()[1] for l in status.splitlines() if l.startswith("NoNewPrivs")]
+        print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups(), caps, nonew, os.getcwd())
+    """)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    work = str(area / "work")
+    assert result.stdout.split() == [
+        str(UID), str(UID), str(UID), "[]", "['0000000000000000',", "'0000000000000000']",
+        "['1']", work,
+    ]  # fmt: skip
+
+
+def test_the_system_is_read_only_and_only_its_folders_are_writable(area):
+    secret = area / "secret.txt"
+    secret.write_text("catwalk's own")
+    result = run(area, f"""
+        import os
+        outcomes = []
+        for path in ["/usr/owned", "{sys.prefix}/owned", "/etc/owned", "/owned", "{area}/owned"]:
+            try:
+                open(path, "w").write("x")
+                outcomes.append("WROTE " + path)
+            except OSError as exc:
+                outcomes.append(type(exc).__name__)
+        for path in ["{secret}", "/etc/shadow", "/root/.bashrc"]:
+            try:
+                open(path).read()
+                outcomes.append("READ " + path)
+            except OSError as exc:
+                outcomes.append(type(exc).__name__)
+        for folder in [os.environ["HOME"], "/tmp", os.getcwd()]:
+            open(os.path.join(folder, "mine"), "w").write("ok")
+        print(outcomes)
+    """)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "WROTE" not in result.stdout and "READ" not in result.stdout, result.stdout
+    assert not (area / "owned").exists()
+    assert not (area / "home" / "mine").exists()  # its home was its own tmpfs, gone with it
+
+
+def test_hidden_folders_show_empty(area):
+    area.chmod(0o755)
+    project = area / "project"  # a world-readable folder with Catwalk's data folder inside
+    data = project / "data"
+    data.mkdir(parents=True)
+    (data / "keys").write_text("secret")
+    (project / "code.py").write_text("")
+    result = run(
+        area,
+        f"import os; print(os.listdir('{data}'), sorted(os.listdir('{project}')))",
+        readonly=[sys.base_prefix, sys.prefix, str(project)],
+        hidden=[str(data)],
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] ['code.py', 'data']"
+
+
+def test_it_sees_only_its_own_processes(area):
+    result = run(area, """
+        import os
+        pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+        try:
+            open("/proc/1/environ").read()
+            leaked = "READ"
+        except OSError as exc:
+            leaked = type(exc).__name__
+        print(pids, os.getpid(), leaked)
+    """)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    pids, own, leaked = result.stdout.rsplit(" ", 2)
+    assert json.loads(pids) == [1, int(own)]
+    assert leaked.strip() == "PermissionError"
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on all interfaces: the host's own services, as the sandbox would see them."""
+    server = socket.create_server(("0.0.0.0", 0))  # noqa: S104 - the point of the test
+    accepted = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1], accepted
+    server.close()
+
+
+def host_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("203.0.113.1", 9))  # no packet is sent; this picks the outgoing address
+        return probe.getsockname()[0]
+
+
+def test_loopback_private_metadata_and_host_addresses_are_refused(area, listener):
+    port, accepted = listener
+    targets = [("127.0.0.1", port), ("10.0.2.2", port), (host_address(), port),
+               ("169.254.169.254", 80), ("192.168.1.1", 80), ("172.17.0.1", 80)]  # fmt: skip
+    result = run(area, f"""
+        import socket
+        for host, port in {targets!r}:
+            try:
+                socket.create_connection((host, port), timeout=3).close()
+                print("CONNECTED", host)
+            except OSError as exc:
+                print("refused", host, exc)
+        try:
+            socket.create_connection(("::1", {port}), timeout=3)
+            print("CONNECTED ::1")
+        except OSError as exc:
+            print("refused ::1", exc)
+    """, blocked=[f"{host_address()}/32"])  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "CONNECTED" not in result.stdout, result.stdout
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["refused"] * (
+        len(targets) + 1
+    )
+    assert accepted == []
+
+
+def test_public_internet_and_dns_still_work(area):
+    result = run(area, """
+        import urllib.request
+        with urllib.request.urlopen("https://registry.npmjs.org/is-number", timeout=30) as r:
+            print(r.status)
+    """)  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "200"
+
+
+def test_environment_reaches_the_server_unchanged(area):
+    env = {
+        "HOME": str(area / "home"),
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "API_KEY": "s3cret",
+    }
+    result = run(area, "import os, json; print(json.dumps(dict(os.environ)))", env=env)
+
+    assert result.returncode == 0, result.stderr
+    # bubblewrap adds PWD, the folder it starts the server in.
+    assert json.loads(result.stdout) == {**env, "PWD": str(area / "work")}
+
+
+def test_exit_status_is_the_servers_own(area):
+    assert run(area, "raise SystemExit(7)").returncode == 7
+
+
+@pytest.mark.parametrize(
+    ("program", "limit"),
+    [
+        ("x = []\nwhile True: x.append(bytearray(8 << 20))", "memory limit (192 MiB) reached"),
+        (
+            "import os, time\n"
+            "while True:\n"
+            "    try:\n"
+            "        if os.fork() == 0: time.sleep(30); os._exit(0)\n"
+            "    except OSError: time.sleep(0.01)",
+            "process limit (48 processes) reached",
+        ),
+        (
+            "import os, time\n"
+            "f = open(os.environ['HOME'] + '/fill', 'wb')\n"
+            "try:\n"
+            "    while True: f.write(bytes(1 << 20)); f.flush()\n"
+            "except OSError: time.sleep(30)",
+            "disk limit (32 MiB) reached",
+        ),
+    ],
+    ids=["memory", "processes", "disk"],
+)
+def test_a_blown_limit_stops_the_whole_sandbox_and_says_which(area, program, limit):
+    started = time.monotonic()
+    result = run(area, program, timeout=60)
+
+    assert result.returncode == sandbox.LIMIT_EXIT_STATUS, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"catwalk-sandbox: stopped: {limit}"
+    assert time.monotonic() - started < 30  # stopped by the watch, not by the program's sleep
+    leftovers = subprocess.run(["pgrep", "-u", str(UID)], capture_output=True, text=True)
+    assert leftovers.stdout == ""
+
+
+def test_sigterm_reaches_the_server_and_nothing_survives(area):
+    profile = make_profile(area)
+    program = textwrap.dedent("""
+        import os, signal, sys, time
+        if os.fork() == 0:
+            time.sleep(300)
+        def done(*_):
+            print("got SIGTERM", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, done)
+        print("ready", flush=True)
+        time.sleep(300)
+    """)
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
+         sys.executable, "-c", program],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"HOME": str(area / "home"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert process.stdout.readline().strip() == "ready"
+
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=20)
+
+    assert "got SIGTERM" in output
+    assert process.returncode == 0
+    leftovers = subprocess.run(["pgrep", "-u", str(UID)], capture_output=True, text=True)
+    assert leftovers.stdout == ""
+
+
+def test_killing_the_launcher_kills_the_sandbox(area):
+    profile = make_profile(area)
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
+         sys.executable, "-c", "print('ready', flush=True); import time; time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True,
+        env={"HOME": str(area / "home"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert process.stdout.readline().strip() == "ready"
+
+    process.kill()
+    process.wait()
+
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-u", str(UID)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the sandboxed process outlived its launcher"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"uid": 0}, "refusing to run the server as uid 0"),
+        ({"memory_bytes": 0}, "every limit must be positive"),
+        ({"blocked": ["10.0.0.0/8; flush ruleset"]}, "bad blocked network"),
+        ({"tools": {"bwrap": "/nonexistent"}}, "bad profile"),
+    ],
+)
+def test_a_bad_profile_is_refused_before_anything_runs(area, changes, message):
+    result = run(area, "print('ran')", **changes)
+
+    assert result.returncode == sandbox.SETUP_EXIT_STATUS
+    assert "ran" not in result.stdout
+    assert message in result.stderr
+
+
+def test_usage_error_without_a_command(area):
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(make_profile(area))],
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
