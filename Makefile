@@ -29,6 +29,7 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
 	@touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
+	@scripts/install-sandbox-tools
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	@echo

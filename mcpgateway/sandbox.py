@@ -129,7 +129,7 @@ class Profile:
             self.tools = {str(k): str(v) for k, v in data["tools"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SetupError(f"bad profile: {exc!r}") from exc
-        for tool in ("bwrap", "setpriv", "nft", "slirp4netns"):
+        for tool in ("bwrap", "setpriv", "nft", "slirp4netns", "mount"):
             if not os.access(self.tools.get(tool, ""), os.X_OK):
                 raise SetupError(f"bad profile: {tool} is not an executable program")
         if self.uid <= 0 or self.gid <= 0 or self.uid == os.geteuid():
@@ -316,7 +316,9 @@ def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block
         if os.path.exists(path):
             args += [*parents_of(path), "--ro-bind", path, path]
     for path in profile.hidden:
-        if os.path.exists(path):
+        # Only where a read-only folder would show it; elsewhere it does not exist in there.
+        inside = any(path.startswith(folder.rstrip("/") + "/") for folder in profile.readonly)
+        if inside and os.path.exists(path):
             args += [*parents_of(path), "--tmpfs", path]
     args += ["--proc", "/proc", "--dev", "/dev"]
     for source, target in binds.items():
@@ -324,9 +326,13 @@ def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block
             args += [*parents_of(target), "--bind", source, target]
     args += ["--chdir", profile.binds.get("work", profile.binds.get("home", "/"))]
     args += [
-        # setpriv needs these two to take the server's uid, which then clears them.
+        # The first stage, a fixed shell line, remounts /proc so the server sees only its own
+        # processes (not bubblewrap's reaper, whose command line describes the sandbox), then
+        # setpriv takes the server's uid, which clears every capability for good.
         "--cap-drop",
         "ALL",
+        "--cap-add",
+        "CAP_SYS_ADMIN",
         "--cap-add",
         "CAP_SETUID",
         "--cap-add",
@@ -336,6 +342,10 @@ def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block
         "--block-fd",
         str(block_fd),
         "--",
+        "/bin/sh",
+        "-c",
+        f'{profile.tools["mount"]} -o remount,hidepid=2 /proc && exec "$@"',
+        "sh",
         profile.tools["setpriv"],
         f"--reuid={profile.uid}",
         f"--regid={profile.gid}",

@@ -9,9 +9,9 @@ Per deployment, under `DATA_DIR/run/<id>/`: `bridge.sock` (the bridge's HTTP soc
 private folder under /tmp when DATA_DIR is too deep for the 108-byte unix socket limit),
 `bridge.pid`, `bridge.log` (the bridge's own output), `stderr.log` (the MCP server's stderr,
 rotated by the bridge to `stderr.log.1`), `sandbox.json` (the sandbox launcher's profile) and the
-server's `home/`, `work/` and `tmp/`. Sandboxed, the server sees `home/` and `work/` at the same
-paths but backed by its own size-limited tmpfs (mounted on `sandbox/` in the launcher's private
-mount namespace), and a private /tmp; unsandboxed it writes to these folders directly.
+server's `home/`, `work/` and `tmp/`. Sandboxed, the server never sees these: its home, work
+folder and /tmp are SANDBOX_HOME, SANDBOX_WORK and /tmp on its own size-limited tmpfs (mounted on
+`sandbox/` in the launcher's private mount namespace); unsandboxed it writes to them directly.
 """
 
 from __future__ import annotations
@@ -205,9 +205,12 @@ def _tool_path() -> str:
     return os.pathsep.join(dict.fromkeys(folders))
 
 
-def sandbox_caches(paths: RunPaths) -> dict[str, str]:
-    """Package cache -> where a sandboxed server finds it (its own layer over the shared one)."""
-    return {"npm": str(paths.home / ".npm"), "uv": str(paths.home / ".cache" / "uv")}
+# Where a sandboxed server finds its home and work folders, the same for every deployment and
+# unrelated to Catwalk's own paths.
+SANDBOX_HOME = "/home/server"
+SANDBOX_WORK = "/srv/server"
+# Package cache -> where a sandboxed server finds it (its own layer over the shared one).
+SANDBOX_CACHES = {"npm": f"{SANDBOX_HOME}/.npm", "uv": f"{SANDBOX_HOME}/.cache/uv"}
 
 
 def child_environment(
@@ -222,10 +225,10 @@ def child_environment(
     caches are the deployment's own, layered over the shared ones (read-only); unsandboxed they
     are the shared ones.
     """
-    caches = sandbox_caches(paths) if sandboxed else {}
+    caches = SANDBOX_CACHES if sandboxed else {}
     environment = {
         "PATH": _tool_path(),
-        "HOME": str(paths.home),
+        "HOME": SANDBOX_HOME if sandboxed else str(paths.home),
         # The sandbox has a private /tmp of its own.
         "TMPDIR": "/tmp" if sandboxed else str(paths.tmp),  # noqa: S108
         "LANG": "C.UTF-8",
@@ -284,13 +287,12 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
     fatal: list[str] = []
     if check.enabled:
         paths.prepare()
-        shared = {name: str(cache_root() / name) for name in sandbox_caches(paths)}
         profile = sandbox.profile(
             name=str(deployment.id),
             uid=deployment.ensure_sandbox_uid(),
             area=paths.sandbox_area,
-            binds={"home": str(paths.home), "work": str(paths.work), "tmp": "/tmp"},  # noqa: S108
-            caches={shared[name]: target for name, target in sandbox_caches(paths).items()},
+            binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
+            caches={str(cache_root() / name): path for name, path in SANDBOX_CACHES.items()},
         )
         sandbox.write_profile(paths.sandbox_profile, profile)
         server = sandbox.wrap(server, paths.sandbox_profile)

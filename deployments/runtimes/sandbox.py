@@ -24,6 +24,7 @@ REQUIRED_TOOLS = {
     "slirp4netns": "slirp4netns",
     "setpriv": "util-linux",
     "nft": "nftables",
+    "mount": "mount",
 }
 # The launcher runs by path (it imports nothing, and deployments never import mcpgateway).
 LAUNCHER = Path(settings.BASE_DIR) / "mcpgateway" / "sandbox.py"

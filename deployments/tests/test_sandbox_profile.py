@@ -115,9 +115,10 @@ def test_sandboxed_launch_wraps_the_server_and_writes_a_private_profile(owner, s
     assert profile["limits"]["memory_bytes"] == 300 << 20
     assert profile["writable"]["size_bytes"] == 40 << 20
     assert str(settings.DATA_DIR) in profile["hidden"]
-    assert spec.env["HOME"] == profile["writable"]["binds"]["home"] == str(paths.home)
+    assert spec.env["HOME"] == profile["writable"]["binds"]["home"] == "/home/server"
+    assert str(settings.DATA_DIR) not in json.dumps(profile["writable"]["binds"])
     assert spec.env["TMPDIR"] == "/tmp"
-    assert spec.env["npm_config_cache"] == str(paths.home / ".npm")
+    assert spec.env["npm_config_cache"] == "/home/server/.npm"
     assert {c["target"] for c in profile["caches"]} == {
         spec.env["npm_config_cache"],
         spec.env["UV_CACHE_DIR"],

@@ -6,6 +6,7 @@ exactly as a user's deployment would: `manage.py mcp_deploy --package …` with 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ from mcpgateway.tests.test_gateway_e2e import Running, running_stack, sdk_client
 
 EVERYTHING = "npm:@modelcontextprotocol/server-everything@2026.8.31"
 TIME = "pypi:mcp-server-time==2026.10.19"
+CREDENTIAL = "everything-credential-3f9a"
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
@@ -29,7 +31,10 @@ def everything(request) -> Iterator[Running]:
     if shutil.which("npx") is None:
         pytest.skip("needs node's npx")
     mode = ["--isolated"] if request.param == "isolated" else []
-    with running_stack(["--package", EVERYTHING, "--timeout", "300", *mode]) as running:
+    credential = ["--env", f"EVERYTHING_API_KEY={CREDENTIAL}"]
+    with running_stack(
+        ["--package", EVERYTHING, "--timeout", "300", *credential, *mode]
+    ) as running:
         yield running
 
 
@@ -92,6 +97,24 @@ async def test_server_everything_through_the_gateway(everything, client_mode):
         assert logged
         await client.call_tool("toggle-simulated-logging", {})
     assert {"trigger-sampling-request", "trigger-elicitation-request"} <= tools
+
+
+async def test_server_everything_sees_its_own_credentials_and_nothing_of_catwalks(everything):
+    async with sdk_client(everything) as client:
+        text = (await client.call_tool("get-env", {})).content[0].text
+
+    environment = json.loads(text[text.index("{") :])
+    assert environment["EVERYTHING_API_KEY"] == CREDENTIAL
+    assert environment["HOME"] == "/home/server"
+    catwalk_names = {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CATWALK_BRIDGE_SECRET"}
+    assert not [
+        name
+        for name in environment
+        if name in catwalk_names or name.startswith(("CATWALK_", "DJANGO_", "SANDBOX_"))
+    ]
+    stack_env = everything.stack.env
+    for secret in (stack_env["SECRET_KEY"], stack_env["CATWALK_ENCRYPTION_KEYS"]):
+        assert secret not in text
 
 
 async def test_mcp_server_time_through_uvx_and_the_gateway():
