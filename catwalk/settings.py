@@ -74,6 +74,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "deployments.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -338,6 +339,17 @@ for _network in SANDBOX_BLOCKED_NETWORKS:
         raise SettingError("SANDBOX_BLOCKED_NETWORKS", f"{_network!r}: {_error}") from None
 SANDBOX_CGROUP_ROOT = config.read("SANDBOX_CGROUP_ROOT", "/sys/fs/cgroup")
 # --- end of the local runtime's settings ----------------------------------------------------
+
+# --- Tenancy: per-user quotas and per-token rate limits (0 turns a limit off) ---------------
+# Deployments a user may have, and how many of them may be wanted running (sleeping ones count:
+# a request wakes them). Refusals happen before anything is written.
+QUOTA_DEPLOYMENTS_PER_USER = config.read_int("QUOTA_DEPLOYMENTS_PER_USER", 20)
+QUOTA_RUNNING_DEPLOYMENTS_PER_USER = config.read_int("QUOTA_RUNNING_DEPLOYMENTS_PER_USER", 5)
+# MCP sessions a user's clients may hold open at once across all their deployments, and requests
+# per minute per access token; over either the gateway answers 429 with Retry-After. Counted in
+# Redis when REDIS_URL is set (shared by every gateway process), else per process.
+QUOTA_SESSIONS_PER_USER = config.read_int("QUOTA_SESSIONS_PER_USER", 100)
+RATE_LIMIT_REQUESTS_PER_MINUTE = config.read_int("RATE_LIMIT_REQUESTS_PER_MINUTE", 1200)
 
 GATEWAY_MAX_BODY_BYTES = config.read_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_WAKE_TIMEOUT_SECONDS = config.read_int("GATEWAY_WAKE_TIMEOUT_SECONDS", 60, minimum=1)

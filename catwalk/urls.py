@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
 from analysis import views as analysis_views
-from catwalk import views
+from catwalk import accounts, views
 from deployments import views as deployment_views
 
 FORM = "accounts/form.html"
@@ -32,7 +32,9 @@ account_patterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path(
         "accounts/password/change/",
-        auth_views.PasswordChangeView.as_view(**_form("Change your password", "Change password")),
+        accounts.AuditedPasswordChangeView.as_view(
+            **_form("Change your password", "Change password")
+        ),
         name="password_change",
     ),
     path(
@@ -62,7 +64,7 @@ account_patterns = [
     ),
     path(
         "accounts/password/reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(
+        accounts.AuditedPasswordResetConfirmView.as_view(
             **_form("Choose a new password", "Set password")
         ),
         name="password_reset_confirm",
@@ -84,6 +86,7 @@ urlpatterns = [
         deployment_views.deployment_detail,
         name="deployment-detail",
     ),
+    path("activity/", deployment_views.activity, name="activity"),
     path("analyses/<int:analysis_id>/", analysis_views.analysis_detail, name="analysis-detail"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),

@@ -9,17 +9,19 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from deployments.models import (
     AccessToken,
+    AuditEvent,
     Credential,
     Deployment,
     DeploymentEvent,
     ToolCall,
 )
+from deployments.runtimes.base import get_runtime
 
 
 class OwnedAdmin(admin.ModelAdmin):
@@ -113,8 +115,10 @@ class AccessTokenAdmin(OwnedAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request, queryset):
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} token(s).")
+        tokens = list(queryset.filter(revoked_at__isnull=True).select_related("deployment"))
+        for token in tokens:
+            token.revoke(actor=request.user)
+        self.message_user(request, f"Revoked {len(tokens)} token(s).")
 
 
 class CredentialInline(admin.TabularInline):
@@ -170,6 +174,17 @@ class DeploymentAdmin(OwnedAdmin):
             kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def save_model(self, request, obj, form, change):
+        """A changed desired state goes through set_desired_state: event, audit log, runtime."""
+        if not change or "desired_state" not in form.changed_data:
+            super().save_model(request, obj, form, change)
+            return
+        desired = obj.desired_state
+        obj.desired_state = form.initial["desired_state"]
+        super().save_model(request, obj, form, change)
+        obj.set_desired_state(desired, actor=request.user)
+        transaction.on_commit(lambda: get_runtime(obj.runtime).apply(obj))
+
 
 @admin.register(ToolCall)
 class ToolCallAdmin(OwnedAdmin):
@@ -205,4 +220,23 @@ class DeploymentEventAdmin(OwnedAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(OwnedAdmin):
+    owner_path = "user"
+    list_display = ["created_at", "user", "action", "subject", "actor", "ip_address"]
+    list_filter = ["action", "created_at"]
+    search_fields = ["subject", "user__username", "actor__username", "ip_address"]
+    list_select_related = ["user", "actor"]
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -196,6 +196,17 @@ class Deployment(models.Model):
                     message=f"{'Start' if desired == DesiredState.RUNNING else 'Stop'} requested.",
                     actor=actor,
                 )
+                from deployments import audit
+
+                audit.record(
+                    AuditAction.DEPLOYMENT_STARTED
+                    if desired == DesiredState.RUNNING
+                    else AuditAction.DEPLOYMENT_STOPPED,
+                    user=self.owner_id,
+                    deployment=self,
+                    subject=self.name,
+                    actor=actor if actor is not None else audit.UNSET,
+                )
         self.desired_state = desired
 
     def ensure_sandbox_uid(self) -> int:
@@ -242,8 +253,12 @@ class Credential(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    # Set by set_value, so saving records "credential set" in the audit log only for a new value.
+    value_changed = False
+
     def set_value(self, plaintext: str) -> None:
         self.encrypted_value = crypto.encrypt(plaintext)
+        self.value_changed = True
 
     def get_value(self) -> str:
         return crypto.decrypt(self.encrypted_value, what=f"credential {self.name}")
@@ -309,12 +324,22 @@ class AccessToken(models.Model):
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
 
-    def revoke(self) -> None:
+    def revoke(self, actor=None) -> None:
+        from deployments import audit
+
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
-            AccessToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+            revoked = AccessToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
                 revoked_at=self.revoked_at
             )
+            if revoked:
+                audit.record(
+                    AuditAction.TOKEN_REVOKED,
+                    user=self.deployment.owner_id,
+                    deployment=self.deployment,
+                    subject=audit.describe_token(self),
+                    actor=actor if actor is not None else audit.UNSET,
+                )
 
 
 class CallOutcome(models.TextChoices):
@@ -375,3 +400,46 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return self.message
+
+
+class AuditAction(models.TextChoices):
+    SIGNED_IN = "signed_in", "Signed in"
+    SIGN_IN_FAILED = "sign_in_failed", "Sign-in failed"
+    SIGNED_OUT = "signed_out", "Signed out"
+    PASSWORD_CHANGED = "password_changed", "Password changed"
+    TOKEN_CREATED = "token_created", "Access token created"
+    TOKEN_REVOKED = "token_revoked", "Access token revoked"
+    CREDENTIAL_SET = "credential_set", "Credential set"
+    CREDENTIAL_DELETED = "credential_deleted", "Credential deleted"
+    DEPLOYMENT_CREATED = "deployment_created", "Deployment created"
+    DEPLOYMENT_STARTED = "deployment_started", "Deployment started"
+    DEPLOYMENT_STOPPED = "deployment_stopped", "Deployment stopped"
+    DEPLOYMENT_DELETED = "deployment_deleted", "Deployment deleted"
+
+
+class AuditEvent(models.Model):
+    """A security-relevant action on a user's account or deployments (see deployments.audit).
+
+    `user` is whose log shows it; `actor` who did it (None: the command line or the system).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="audit_events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    action = models.CharField(max_length=32, choices=AuditAction.choices)
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    subject = models.CharField(max_length=255, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()}: {self.subject}" if self.subject else self.action

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -46,6 +47,38 @@ LOG_LINES_ON_ERROR = 20
 
 class DeploymentError(ValueError):
     """A deployment cannot be created or changed as asked; the message says why."""
+
+
+class QuotaExceeded(DeploymentError):
+    """The owner is at one of their quotas; nothing was changed."""
+
+
+def _lock_owner(owner) -> None:
+    """Serialise quota checks per owner: two requests cannot both take the last slot."""
+    type(owner).objects.select_for_update().filter(pk=owner.pk).exists()
+
+
+def _check_deployment_quota(owner) -> None:
+    limit = settings.QUOTA_DEPLOYMENTS_PER_USER
+    if limit and Deployment.objects.filter(owner=owner).count() >= limit:
+        raise QuotaExceeded(
+            f"{owner} already has {limit} deployments, the most an account may have "
+            "(QUOTA_DEPLOYMENTS_PER_USER). Delete one to create another."
+        )
+
+
+def _check_running_quota(owner, exclude=None) -> None:
+    limit = settings.QUOTA_RUNNING_DEPLOYMENTS_PER_USER
+    if not limit:
+        return
+    wanted = Deployment.objects.filter(owner=owner, desired_state=DesiredState.RUNNING)
+    if exclude is not None:
+        wanted = wanted.exclude(pk=exclude.pk)
+    if wanted.count() >= limit:
+        raise QuotaExceeded(
+            f"{owner} already has {limit} deployments running (or sleeping, ready to wake), the "
+            "most an account may have (QUOTA_RUNNING_DEPLOYMENTS_PER_USER). Stop one first."
+        )
 
 
 class DeploymentNotReady(Exception):
@@ -168,6 +201,9 @@ def create_deployment(
         raise DeploymentError(problems) from None
     try:
         with transaction.atomic():
+            _lock_owner(owner)
+            _check_deployment_quota(owner)
+            _check_running_quota(owner)
             deployment.save()
             for key, value in environment.items():
                 credential = Credential(deployment=deployment, name=key)
@@ -191,7 +227,11 @@ def _apply_on_commit(deployment: Deployment) -> None:
 
 
 def start_deployment(deployment: Deployment, actor=None) -> None:
-    deployment.set_desired_state(DesiredState.RUNNING, actor=actor)
+    """Ask for the deployment to run. Raises QuotaExceeded (and changes nothing) at the quota."""
+    with transaction.atomic():
+        _lock_owner(deployment.owner)
+        _check_running_quota(deployment.owner, exclude=deployment)
+        deployment.set_desired_state(DesiredState.RUNNING, actor=actor)
     _apply_on_commit(deployment)
 
 

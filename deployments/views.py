@@ -6,7 +6,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 
-from deployments.models import Deployment
+from deployments.models import AuditEvent, Deployment
+
+ACTIVITY_EVENTS = 200
 
 
 def _get_deployment_for_user(request: HttpRequest, deployment_id) -> Deployment:
@@ -36,3 +38,10 @@ def deployment_detail(request: HttpRequest, deployment_id) -> HttpResponse:
         "calls": deployment.tool_calls.all()[:50],
     }
     return render(request, "deployments/detail.html", context)
+
+
+@login_required
+def activity(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's audit log."""
+    events = AuditEvent.objects.filter(user=request.user).select_related("actor")
+    return render(request, "accounts/activity.html", {"events": events[:ACTIVITY_EVENTS]})

@@ -46,6 +46,7 @@ class Principal:
 @dataclass(frozen=True)
 class DeploymentInfo:
     id: str
+    owner_id: int
     status: str
     desired_state: str
     runtime: str
@@ -179,6 +180,7 @@ def _load_deployment(deployment_id: str) -> DeploymentInfo | None:
         return None
     return DeploymentInfo(
         id=str(deployment.pk),
+        owner_id=deployment.owner_id,
         status=deployment.status,
         desired_state=deployment.desired_state,
         runtime=deployment.runtime,

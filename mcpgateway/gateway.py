@@ -26,6 +26,7 @@ from django.utils import timezone
 from deployments.models import CallOutcome, DesiredState, Status
 from mcpgateway import access
 from mcpgateway.calllog import CallLog, CallRecord, SseAnswerScanner, error_codes_in, requests_in
+from mcpgateway.limits import RATE_LIMITED, Limits
 from mcpgateway.relay import Pool, RelayError
 
 Scope = MutableMapping[str, Any]
@@ -65,15 +66,18 @@ class Refusal(Exception):
         message: str,
         code: int = -32000,
         headers: list[tuple[bytes, bytes]] | None = None,
+        request_id: object = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.headers = status, code, headers or []
+        self.request_id = request_id
 
 
 class Gateway:
     def __init__(self) -> None:
         self.pool = Pool()
         self.calls = CallLog()
+        self.limits = Limits()
         self.max_body = settings.GATEWAY_MAX_BODY_BYTES
         self.wake_timeout = settings.GATEWAY_WAKE_TIMEOUT_SECONDS
         self.public_origin = _origin_of(settings.PUBLIC_URL)
@@ -82,6 +86,7 @@ class Gateway:
     async def close(self) -> None:
         """Write what the call log still holds and drop pooled connections."""
         await self.calls.close()
+        await self.limits.close()
         self.pool.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -140,6 +145,20 @@ class Gateway:
                 headers=[(b"allow", b"GET, POST, DELETE")],
             )
 
+        session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
+        session = f"{deployment_id}:{session_id}" if session_id else None
+        opening = method == "POST" and not session_id and _opens_session(body)
+        if self.limits.active:
+            over = await self.limits.admit(principal.token_id, info.owner_id, session, opening)
+            if over is not None:
+                raise Refusal(
+                    429,
+                    over.message,
+                    code=RATE_LIMITED,
+                    headers=[(b"retry-after", str(over.retry_after).encode())],
+                    request_id=_request_id(body),
+                )
+
         info = await self._awake(info)
         upstream_headers = [
             (name, value) for name, value in headers.items() if name in FORWARDED_HEADERS
@@ -164,6 +183,8 @@ class Gateway:
             if response is None:  # the client left before the bridge answered
                 self._finish_records(calls, started, 499, {}, disconnected=True)
                 return
+            if self.limits.active:
+                await self._track_session(response, info, method, session, opening)
             await self._stream_back(response, request, receive, calls, started, watcher, principal)
         finally:
             if watcher is not None:
@@ -398,6 +419,17 @@ class Gateway:
         info = await access.deployment_info(principal.deployment_id)
         return info is not None and info.desired_state != DesiredState.STOPPED
 
+    async def _track_session(self, response, info, method, session, opening) -> None:
+        """Keep the per-user session count: opened by initialize, ended by DELETE or 404."""
+        if opening and response.status == 200:
+            issued = response.header(b"mcp-session-id")
+            if issued:
+                await self.limits.opened(info.owner_id, f"{info.id}:{issued.decode('latin-1')}")
+        elif session is not None and (
+            response.status == 404 or (method == "DELETE" and response.status < 300)
+        ):
+            await self.limits.closed(info.owner_id, session)
+
     # --- call log ---------------------------------------------------------------------------
     def _start_records(self, body, deployment_id, token_id, headers) -> list[CallRecord]:
         found = requests_in(body)
@@ -487,10 +519,31 @@ async def _send_preflight(send: Send, origin: str) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
+def _opens_session(body: bytes) -> bool:
+    """Is this POST an initialize (alone or in a batch)? Cheap unless it might be."""
+    if b'"initialize"' not in body:
+        return False
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    messages = message if isinstance(message, list) else [message]
+    return any(isinstance(m, dict) and m.get("method") == "initialize" for m in messages)
+
+
+def _request_id(body: bytes) -> object:
+    """The id of a single JSON-RPC request, for an error answering it; None otherwise."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if isinstance(request_id, (str, int)) else None
+
+
 async def _send_error(send: Send, refusal: Refusal, origin: str) -> None:
-    body = json.dumps(
-        {"jsonrpc": "2.0", "id": None, "error": {"code": refusal.code, "message": str(refusal)}}
-    ).encode()
+    error = {"code": refusal.code, "message": str(refusal)}
+    body = json.dumps({"jsonrpc": "2.0", "id": refusal.request_id, "error": error}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += refusal.headers
     if origin:

@@ -34,11 +34,14 @@ from __future__ import annotations
 # Imports are few and cheap on purpose: the launcher's own start-up is part of every server's.
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import resource
 import select
 import signal
+import socket
+import struct
 import sys
 import time
 
@@ -87,6 +90,9 @@ ETC_ENTRIES = (
     "nsswitch.conf",
     "ssl",
 )
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_REC = 16384
@@ -123,6 +129,9 @@ class Profile:
             self.memory_bytes = int(limits["memory_bytes"])
             self.cpus = float(limits["cpus"])
             self.pids = int(limits["pids"])
+            # All processes of the uid, every launch of the deployment together (isolated mode
+            # starts one per session); the pids cgroup caps each launch at `pids`.
+            self.uid_processes = int(limits.get("uid_processes", self.pids))
             self.open_files = int(limits["open_files"])
             self.blocked = [str(n) for n in data.get("blocked", [])]
             self.cgroup_root = str(data.get("cgroup_root", "/sys/fs/cgroup"))
@@ -134,7 +143,10 @@ class Profile:
                 raise SetupError(f"bad profile: {tool} is not an executable program")
         if self.uid <= 0 or self.gid <= 0 or self.uid == os.geteuid():
             raise SetupError(f"refusing to run the server as uid {self.uid}")
-        if min(self.area_bytes, self.memory_bytes, self.pids, self.open_files) <= 0:
+        if (
+            min(self.area_bytes, self.memory_bytes, self.pids, self.uid_processes, self.open_files)
+            <= 0
+        ):
             raise SetupError("every limit must be positive")
         if not self.cpus > 0:
             raise SetupError("the CPU limit must be positive")
@@ -268,7 +280,6 @@ def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block
         profile.tools["bwrap"],
         "--unshare-pid",
         "--unshare-ipc",
-        "--unshare-net",
         "--unshare-uts",
         "--unshare-cgroup-try",
         "--hostname",
@@ -468,7 +479,7 @@ class Cgroups:
 def set_rlimits(profile: Profile) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (profile.open_files, profile.open_files))
     # Per uid, and the uid is this deployment's own: its processes, all launches together.
-    resource.setrlimit(resource.RLIMIT_NPROC, (profile.pids, profile.pids))
+    resource.setrlimit(resource.RLIMIT_NPROC, (profile.uid_processes, profile.uid_processes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (profile.area_bytes, profile.area_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
@@ -491,6 +502,14 @@ def firewall_rules(profile: Profile) -> str:
         "  }\n"
         "}\n"
     )
+
+
+def loopback_up() -> None:
+    """Bring up `lo` in this (new) network namespace; the kernel gives it 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
 def start_firewall(profile: Profile, pid: int) -> int:
@@ -586,6 +605,10 @@ class Launcher:
         def in_child() -> None:
             self.cgroups.join()
             set_rlimits(profile)
+            # The network namespace is made here rather than by bubblewrap, whose own loopback
+            # set-up fails now and then when sandboxes start side by side.
+            os.unshare(os.CLONE_NEWNET)
+            loopback_up()
 
         self.sandbox = spawn(
             [*bwrap_arguments(profile, binds, info_write, block_read), *self.command],

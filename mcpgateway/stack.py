@@ -68,6 +68,9 @@ class Stack:
             # The conformance suite opens a session per scenario and never ends them; in
             # isolated mode each is a process, and the default cap (20) would refuse the rest.
             "LOCAL_ISOLATED_MAX_SESSIONS": "200",
+            # Counted (so benchmarks pay for the counting) but never limiting.
+            "RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000000",
+            "QUOTA_SESSIONS_PER_USER": "1000000",
             # The fixture server's code, readable inside the sandbox.
             "SANDBOX_READONLY_PATHS": str(ROOT / "mcpgateway"),
         }

@@ -248,8 +248,8 @@ def child_environment(
     return environment
 
 
-def session_limits(deployment: Deployment) -> list[str]:
-    """Bridge flags for the session cap and idle timeout.
+def session_settings(deployment: Deployment) -> tuple[int, float]:
+    """The session cap and idle timeout (seconds) of a deployment's bridge.
 
     `runtime_settings` may carry `max_sessions` and `session_idle_timeout_seconds`; otherwise
     the settings' defaults apply, with a much lower cap in isolated mode, where every session
@@ -267,6 +267,12 @@ def session_limits(deployment: Deployment) -> list[str]:
         raise PackageError(f"max_sessions must be a positive whole number, not {cap!r}")
     if not isinstance(idle, (int, float)) or isinstance(idle, bool) or idle <= 0:
         raise PackageError(f"session_idle_timeout_seconds must be positive, not {idle!r}")
+    return cap, idle
+
+
+def session_limits(deployment: Deployment) -> list[str]:
+    """Bridge flags for the session cap and idle timeout (see `session_settings`)."""
+    cap, idle = session_settings(deployment)
     return ["--max-sessions", str(cap), "--session-idle-timeout", str(idle)]
 
 
@@ -293,6 +299,11 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
             area=paths.sandbox_area,
             binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
             caches={str(cache_root() / name): path for name, path in SANDBOX_CACHES.items()},
+            launches=(
+                session_settings(deployment)[0]
+                if deployment.process_model == ProcessModel.ISOLATED
+                else 1
+            ),
         )
         sandbox.write_profile(paths.sandbox_profile, profile)
         server = sandbox.wrap(server, paths.sandbox_profile)

@@ -116,9 +116,18 @@ def readonly_paths() -> list[str]:
 
 
 def profile(
-    *, name: str, uid: int, area: Path, binds: dict[str, str], caches: dict[str, str]
+    *,
+    name: str,
+    uid: int,
+    area: Path,
+    binds: dict[str, str],
+    caches: dict[str, str],
+    launches: int = 1,
 ) -> dict:
-    """The launcher's profile for one deployment (see mcpgateway/sandbox.py)."""
+    """The launcher's profile for one deployment (see mcpgateway/sandbox.py).
+
+    `launches`: how many sandboxes of it may run at once (isolated mode: one per session).
+    """
     tools, missing = find_tools()
     if missing:
         raise SandboxUnavailable("missing " + ", ".join(missing))
@@ -138,6 +147,7 @@ def profile(
             "memory_bytes": settings.SANDBOX_MEMORY_MB << 20,
             "cpus": settings.SANDBOX_CPU_PERCENT / 100,
             "pids": settings.SANDBOX_MAX_PROCESSES,
+            "uid_processes": settings.SANDBOX_MAX_PROCESSES * launches,
             "open_files": settings.SANDBOX_MAX_OPEN_FILES,
         },
         "blocked": sorted({*host_networks(), *settings.SANDBOX_BLOCKED_NETWORKS}),

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from deployments import services
 from deployments.models import Credential, Deployment, Status
-from deployments.runtimes.local import LocalRuntime, run_paths
+from deployments.runtimes import sandbox
+from deployments.runtimes.local import SANDBOX_HOME, LocalRuntime, run_paths
 from deployments.supervisor import SHUTDOWN_DETAIL
 from deployments.tests.conftest import (
     WAIT_SECONDS,
@@ -54,7 +55,10 @@ def test_server_gets_its_credentials_and_nothing_of_catwalks_environment(
     environment = json.loads(call_tool(endpoint_of(deployment), "get-env"))
 
     assert environment["API_KEY"] == "s3cret"
-    assert environment["HOME"] == str(run_paths(deployment.id).home)
+    sandboxed = sandbox.check().enabled
+    assert environment["HOME"] == (
+        SANDBOX_HOME if sandboxed else str(run_paths(deployment.id).home)
+    )
     leaked = [
         name
         for name in environment

@@ -1,0 +1,166 @@
+"""The audit log: who did what security-relevant thing to whose account or deployment, from where.
+
+Recorded where the change happens (model methods and signals), so the admin, the command line,
+the web pages and the API are all covered. The request being served, if any, supplies the actor
+and the address (`AuditMiddleware`); outside a request the actor is whoever the caller names, or
+nobody (the command line).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from inspect import iscoroutinefunction
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db.models.signals import post_delete, post_save, pre_delete
+from django.dispatch import receiver
+from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import sync_and_async_middleware
+
+from deployments.models import AccessToken, AuditAction, AuditEvent, Credential, Deployment
+
+_request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar(
+    "catwalk_audit_request", default=None
+)
+# Deployments being deleted: their credentials go with them, which is no news of its own.
+_deleting: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
+    "catwalk_audit_deleting", default=frozenset()
+)
+UNSET = object()
+
+
+@sync_and_async_middleware
+def AuditMiddleware(get_response):
+    """Makes the current request (its user and address) known to `record`."""
+    if iscoroutinefunction(get_response):
+
+        async def middleware(request: HttpRequest) -> HttpResponse:
+            token = _request.set(request)
+            try:
+                return await get_response(request)
+            finally:
+                _request.reset(token)
+
+    else:
+
+        def middleware(request: HttpRequest) -> HttpResponse:
+            token = _request.set(request)
+            try:
+                return get_response(request)
+            finally:
+                _request.reset(token)
+
+    return middleware
+
+
+def record(
+    action: str,
+    *,
+    user,
+    deployment: Deployment | None = None,
+    subject: str = "",
+    actor=UNSET,
+    request: HttpRequest | None = None,
+) -> AuditEvent:
+    request = request or _request.get()
+    if actor is UNSET:
+        current = getattr(request, "user", None) if request is not None else None
+        actor = current if current is not None and current.is_authenticated else None
+    return AuditEvent.objects.create(
+        user_id=user.pk if hasattr(user, "pk") else user,
+        actor=actor,
+        action=action,
+        deployment=deployment,
+        subject=subject[:255],
+        ip_address=request.META.get("REMOTE_ADDR") if request is not None else None,
+    )
+
+
+def describe_token(token: AccessToken) -> str:
+    return f"{token.label} ({token.prefix}…) on {token.deployment.name}"
+
+
+# --- Accounts ---------------------------------------------------------------------------------
+
+
+@receiver(user_logged_in)
+def _signed_in(sender, request, user, **kwargs) -> None:
+    record(AuditAction.SIGNED_IN, user=user, actor=user, request=request)
+
+
+@receiver(user_logged_out)
+def _signed_out(sender, request, user, **kwargs) -> None:
+    if user is not None:
+        record(AuditAction.SIGNED_OUT, user=user, actor=user, request=request)
+
+
+@receiver(user_login_failed)
+def _sign_in_failed(sender, credentials, request=None, **kwargs) -> None:
+    name = credentials.get("username")
+    user = get_user_model().objects.filter(username=name).first() if name else None
+    if user is not None:  # attempts on unknown names belong to no one's log
+        record(AuditAction.SIGN_IN_FAILED, user=user, actor=None, request=request)
+
+
+# --- Deployments, credentials, tokens ----------------------------------------------------------
+
+
+@receiver(post_save, sender=Deployment)
+def _deployment_saved(sender, instance: Deployment, created: bool, **kwargs) -> None:
+    if created:
+        record(
+            AuditAction.DEPLOYMENT_CREATED,
+            user=instance.owner_id,
+            deployment=instance,
+            subject=f"{instance.name} ({instance.package_spec})",
+        )
+
+
+@receiver(pre_delete, sender=Deployment)
+def _deployment_deleting(sender, instance: Deployment, **kwargs) -> None:
+    _deleting.set(_deleting.get() | {instance.pk})
+
+
+@receiver(post_delete, sender=Deployment)
+def _deployment_deleted(sender, instance: Deployment, **kwargs) -> None:
+    _deleting.set(_deleting.get() - {instance.pk})
+    record(AuditAction.DEPLOYMENT_DELETED, user=instance.owner_id, subject=instance.name)
+
+
+@receiver(post_save, sender=Credential)
+def _credential_saved(sender, instance: Credential, created: bool, **kwargs) -> None:
+    if created or instance.value_changed:
+        record(
+            AuditAction.CREDENTIAL_SET,
+            user=instance.deployment.owner_id,
+            deployment=instance.deployment,
+            subject=f"{instance.name} on {instance.deployment.name}",
+        )
+        instance.value_changed = False
+
+
+@receiver(post_delete, sender=Credential)
+def _credential_deleted(sender, instance: Credential, **kwargs) -> None:
+    if instance.deployment_id in _deleting.get():
+        return
+    deployment = Deployment.objects.filter(pk=instance.deployment_id).first()
+    if deployment is None:
+        return
+    record(
+        AuditAction.CREDENTIAL_DELETED,
+        user=deployment.owner_id,
+        deployment=deployment,
+        subject=f"{instance.name} on {deployment.name}",
+    )
+
+
+@receiver(post_save, sender=AccessToken)
+def _token_saved(sender, instance: AccessToken, created: bool, **kwargs) -> None:
+    if created:
+        record(
+            AuditAction.TOKEN_CREATED,
+            user=instance.deployment.owner_id,
+            deployment=instance.deployment,
+            subject=describe_token(instance),
+        )

@@ -1,0 +1,218 @@
+"""The gateway's tenancy limits: requests per minute per access token, open sessions per user.
+
+Requests are counted in fixed one-minute windows per token (RATE_LIMIT_REQUESTS_PER_MINUTE).
+Sessions are the MCP sessions a user's clients hold across all of their deployments
+(QUOTA_SESSIONS_PER_USER): one counts from the answer that gave it an `Mcp-Session-Id` until it
+is deleted, the bridge forgets it (404), or it goes unused for the session idle timeout. Over a
+limit the gateway answers 429 with `Retry-After` and a JSON-RPC error (code RATE_LIMITED).
+
+With Redis (REDIS_URL) the counts are shared by every gateway process, in one round trip per
+request; without it each process counts on its own. If Redis fails, requests are admitted and
+the failure is logged: a quota must not take the product down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+logger = logging.getLogger("catwalk.gateway")
+
+WINDOW_SECONDS = 60
+# JSON-RPC leaves -32000..-32099 to implementations; 429's digits make this one memorable.
+RATE_LIMITED = -32029
+KEY_PREFIX = "catwalk:limits"
+
+
+@dataclass(frozen=True, slots=True)
+class OverLimit:
+    message: str
+    retry_after: int
+
+
+class Limits:
+    def __init__(
+        self,
+        *,
+        requests_per_minute: int | None = None,
+        sessions_per_user: int | None = None,
+        session_ttl: float | None = None,
+        redis_url: str | None = None,
+    ) -> None:
+        self.per_minute = (
+            settings.RATE_LIMIT_REQUESTS_PER_MINUTE
+            if requests_per_minute is None
+            else requests_per_minute
+        )
+        self.sessions_per_user = (
+            settings.QUOTA_SESSIONS_PER_USER if sessions_per_user is None else sessions_per_user
+        )
+        self.session_ttl = (
+            settings.LOCAL_SESSION_IDLE_TIMEOUT_SECONDS if session_ttl is None else session_ttl
+        )
+        url = settings.REDIS_URL if redis_url is None else redis_url
+        self._store: _Store = _RedisStore(url) if url else _MemoryStore()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.per_minute or self.sessions_per_user)
+
+    async def admit(
+        self, token_id: int, owner_id: int, session: str | None, opening: bool
+    ) -> OverLimit | None:
+        """Count this request; None when it may pass.
+
+        `session` is "<deployment>:<session id>" of a request within a session (which keeps
+        that session alive); `opening` marks an initialize, which needs a free session slot.
+        """
+        if not self.active:
+            return None
+        now = time.time()
+        window = int(now // WINDOW_SECONDS)
+        try:
+            count, open_sessions, oldest_expiry = await self._store.admit(
+                token=f"{token_id}:{window}" if self.per_minute else None,
+                owner=owner_id if self.sessions_per_user else None,
+                session=session,
+                opening=opening,
+                now=now,
+                expires=now + self.session_ttl,
+            )
+        except Exception:
+            logger.warning("limits unavailable; admitting the request", exc_info=True)
+            return None
+        if self.per_minute and count > self.per_minute:
+            return OverLimit(
+                f"Too many requests: this token may make {self.per_minute} per minute.",
+                math.ceil((window + 1) * WINDOW_SECONDS - now),
+            )
+        if opening and self.sessions_per_user and open_sessions >= self.sessions_per_user:
+            return OverLimit(
+                f"Too many open sessions: your account may hold {self.sessions_per_user} at once. "
+                "Close a session (HTTP DELETE) or wait for an idle one to expire.",
+                max(1, math.ceil((oldest_expiry or now + self.session_ttl) - now)),
+            )
+        return None
+
+    async def opened(self, owner_id: int, session: str) -> None:
+        if self.sessions_per_user:
+            await self._quietly(
+                self._store.opened(owner_id, session, time.time() + self.session_ttl)
+            )
+
+    async def closed(self, owner_id: int, session: str) -> None:
+        if self.sessions_per_user:
+            await self._quietly(self._store.closed(owner_id, session))
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    @staticmethod
+    async def _quietly(operation) -> None:
+        try:
+            await operation
+        except Exception:
+            logger.warning("limits unavailable; session not recorded", exc_info=True)
+
+
+class _Store:
+    async def admit(self, *, token, owner, session, opening, now, expires):
+        """Returns (requests in this token's window, open sessions, earliest session expiry)."""
+        raise NotImplementedError
+
+    async def opened(self, owner: int, session: str, expires: float) -> None:
+        raise NotImplementedError
+
+    async def closed(self, owner: int, session: str) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class _MemoryStore(_Store):
+    """This process's own counts, for a Catwalk without Redis."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, int] = {}
+        self._current_window: str = ""
+        self._sessions: dict[int, dict[str, float]] = {}
+
+    async def admit(self, *, token, owner, session, opening, now, expires):
+        count = 0
+        if token is not None:
+            window = token.rpartition(":")[2]
+            if window != self._current_window:  # a new minute: earlier windows are over
+                self._windows.clear()
+                self._current_window = window
+            count = self._windows[token] = self._windows.get(token, 0) + 1
+        open_sessions, oldest = 0, None
+        if owner is not None:
+            sessions = self._sessions.get(owner, {})
+            if session is not None and session in sessions:
+                sessions[session] = expires
+            if opening:
+                for key in [k for k, expiry in sessions.items() if expiry <= now]:
+                    del sessions[key]
+                open_sessions = len(sessions)
+                oldest = min(sessions.values(), default=None)
+        return count, open_sessions, oldest
+
+    async def opened(self, owner: int, session: str, expires: float) -> None:
+        self._sessions.setdefault(owner, {})[session] = expires
+
+    async def closed(self, owner: int, session: str) -> None:
+        self._sessions.get(owner, {}).pop(session, None)
+
+
+class _RedisStore(_Store):
+    """Counts in Redis, shared by every gateway process: one pipelined round trip per request."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+    @staticmethod
+    def _sessions_key(owner: int) -> str:
+        return f"{KEY_PREFIX}:sessions:{owner}"
+
+    async def admit(self, *, token, owner, session, opening, now, expires):
+        pipe = self._redis.pipeline(transaction=False)
+        if token is not None:
+            key = f"{KEY_PREFIX}:rate:{token}"
+            pipe.incr(key)
+            pipe.expire(key, 2 * WINDOW_SECONDS)
+        if owner is not None:
+            key = self._sessions_key(owner)
+            if session is not None:
+                pipe.zadd(key, {session: expires}, xx=True)
+            if opening:
+                pipe.zremrangebyscore(key, "-inf", now)
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+        results = await pipe.execute()
+        count = results[0] if token is not None else 0
+        open_sessions, oldest = 0, None
+        if owner is not None and opening:
+            open_sessions = results[-2]
+            oldest = results[-1][0][1] if results[-1] else None
+        return count, open_sessions, oldest
+
+    async def opened(self, owner: int, session: str, expires: float) -> None:
+        key = self._sessions_key(owner)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(key, {session: expires})
+        pipe.expireat(key, math.ceil(expires), gt=True)
+        pipe.expireat(key, math.ceil(expires), nx=True)
+        await pipe.execute()
+
+    async def closed(self, owner: int, session: str) -> None:
+        await self._redis.zrem(self._sessions_key(owner), session)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
