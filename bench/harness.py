@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import report
+from bench import peers, report, sandbox_start
 from bench.load import LoadResult, run_stdio_load, run_wrk
 from bench.proctree import (
     ServerProcess,
@@ -335,6 +335,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-docs", action="store_true", help="do not touch the docs file")
     parser.add_argument(
+        "--sandbox-starts",
+        type=int,
+        default=int(env("BENCH_SANDBOX_STARTS", "15")),
+        help="starts timed with and without the sandbox; 0 skips that part (default 15)",
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=Path(env("BENCH_RESULTS_DIR", str(RESULTS_DIR))),
@@ -381,11 +387,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name}: FAILED {result.failure}")
         results.append(result)
 
+    sandbox_markdown = None
+    if args.sandbox_starts:
+        reason = sandbox_start.unavailable()
+        if reason:
+            print(f"sandbox start: skipped ({reason})")
+        else:
+            print("sandbox start: measuring…", flush=True)
+            peers.ensure_node_peers()
+            timings = sandbox_start.measure(settings.server_command, args.sandbox_starts)
+            sandbox_markdown = sandbox_start.render(
+                timings, settings.server_command, args.sandbox_starts
+            )
+
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     context = report.collect_context(settings, command=command, started=started)
     markdown = report.render(results, context)
     print()
     print(markdown)
+    if sandbox_markdown:
+        print()
+        print(sandbox_markdown)
     json_path = args.results_dir / f"{stamp}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(
@@ -398,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_docs:
         if all_valid:
             report.update_docs(args.docs, markdown)
+            if sandbox_markdown:
+                sandbox_start.update_docs(args.docs, sandbox_markdown)
             print(f"updated {args.docs}")
         else:
             print(f"not updating {args.docs}: the run has errors and is invalid")

@@ -108,7 +108,9 @@ def _bridge(mode: str) -> Callable[[int, Sequence[str]], list[str]]:
     return command
 
 
-def _gateway(server_name: str) -> Callable[[int, Sequence[str]], list[str]]:
+def _gateway(
+    server_name: str, *, sandboxed: bool = True
+) -> Callable[[int, Sequence[str]], list[str]]:
     def command(port: int, server: Sequence[str]) -> list[str]:
         return [
             sys.executable,
@@ -118,6 +120,10 @@ def _gateway(server_name: str) -> Callable[[int, Sequence[str]], list[str]]:
             str(port),
             "--server",
             server_name,
+            # The upstream server's code lives in bench/.peers: readable inside the sandbox.
+            "--readable",
+            str(peers.PEERS),
+            *([] if sandboxed else ["--unsandboxed"]),
             "--",
             *server,
         ]
@@ -199,6 +205,16 @@ TARGETS: dict[str, Target] = {
                 cold_start_applies=False,
             )
             for server in ("uvicorn", "daphne")
+        ),
+        HttpTarget(
+            name="catwalk-gateway-uvicorn-unsandboxed",
+            description="Catwalk gateway (uvicorn) + bridge, server unsandboxed",
+            command=_gateway("uvicorn", sandboxed=False),
+            cwd=REPO,
+            install=peers.ensure_node_peers,
+            unavailable=_bridge_unavailable,
+            announces_endpoint=True,
+            cold_start_applies=False,
         ),
         HttpTarget(
             name="supergateway",

@@ -32,7 +32,7 @@ SIGINT are passed to the server; if the launcher dies, the kernel kills the sand
 from __future__ import annotations
 
 # Imports are few and cheap on purpose: the launcher's own start-up is part of every server's.
-import contextlib
+import _socket
 import ctypes
 import fcntl
 import json
@@ -40,8 +40,6 @@ import os
 import resource
 import select
 import signal
-import socket
-import struct
 import sys
 import time
 
@@ -111,7 +109,7 @@ def say(message: str) -> None:
 
 
 class Profile:
-    """The launcher's instructions, as the local runtime wrote them (`deployments.sandbox`)."""
+    """The launcher's instructions, as deployments/runtimes/sandbox.py writes them."""
 
     def __init__(self, data: dict) -> None:
         try:
@@ -456,8 +454,10 @@ class Cgroups:
             except OSError:
                 continue
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
+                try:  # noqa: SIM105 - contextlib's import would cost every start
                     os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
 
     def remove(self) -> None:
         for folder in self.folders.values():
@@ -506,10 +506,17 @@ def firewall_rules(profile: Profile) -> str:
 
 def loopback_up() -> None:
     """Bring up `lo` in this (new) network namespace; the kernel gives it 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        # struct ifreq: the name in 16 bytes, then the flags (a native short) in a 24-byte union.
+        name = b"lo".ljust(16, b"\0")
+        answer = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, name + bytes(24))
+        flags = int.from_bytes(answer[16:18], sys.byteorder) | IFF_UP
+        fcntl.ioctl(
+            sock.fileno(), SIOCSIFFLAGS, name + flags.to_bytes(2, sys.byteorder) + bytes(22)
+        )
+    finally:
+        sock.close()
 
 
 def start_firewall(profile: Profile, pid: int) -> int:
@@ -562,17 +569,22 @@ def wait_ready(slirp: int, ready_read: int) -> None:
 # --- Running --------------------------------------------------------------------------------
 
 
-def read_info(fd: int) -> dict:
+def read_child_pid(fd: int) -> int:
+    """The sandbox's PID 1 (as this namespace sees it), from bubblewrap's --info-fd JSON."""
     data = b""
-    while True:
+    while b"}" not in data:
         chunk = os.read(fd, 4096)
         if not chunk:
             raise SetupError("bubblewrap exited before the sandbox was ready")
         data += chunk
-        try:
-            return json.loads(data)
-        except ValueError:
-            continue
+    # {"child-pid": N, ...}
+    rest = data.partition(b'"child-pid":')[2].lstrip()
+    end = 0
+    while end < len(rest) and rest[end : end + 1].isdigit():
+        end += 1
+    if not end:
+        raise SetupError(f"unexpected bubblewrap info: {data[:200]!r}")
+    return int(rest[:end])
 
 
 def _megabytes(count: int) -> str:
@@ -601,28 +613,34 @@ class Launcher:
         self.cgroups.create()
         info_read, info_write = os.pipe()
         block_read, block_write = os.pipe()
+        net_read, net_write = os.pipe()
 
         def in_child() -> None:
             self.cgroups.join()
             set_rlimits(profile)
             # The network namespace is made here rather than by bubblewrap, whose own loopback
-            # set-up fails now and then when sandboxes start side by side.
+            # set-up fails now and then when sandboxes start side by side; and made first, so
+            # its firewall and slirp4netns are set up while bubblewrap builds the rest.
             os.unshare(os.CLONE_NEWNET)
             loopback_up()
+            os.write(net_write, b"1")
+            os.close(net_write)
 
         self.sandbox = spawn(
             [*bwrap_arguments(profile, binds, info_write, block_read), *self.command],
-            keep=(info_write, block_read),
+            keep=(info_write, block_read, net_write),
             before_exec=in_child,
         )
-        os.close(info_write)
-        os.close(block_read)
+        for fd in (info_write, block_read, net_write):
+            os.close(fd)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._forward)
         try:
-            self.inner_pid = int(read_info(info_read)["child-pid"])
-            firewall = start_firewall(profile, self.inner_pid)
-            self.slirp, ready = start_slirp(profile, self.inner_pid)
+            if os.read(net_read, 1) != b"1":
+                raise SetupError("the network namespace could not be made")
+            firewall = start_firewall(profile, self.sandbox)
+            self.slirp, ready = start_slirp(profile, self.sandbox)
+            self.inner_pid = read_child_pid(info_read)
             if exit_status(os.waitpid(firewall, 0)[1]) != 0:
                 raise SetupError("the firewall rules could not be loaded")
             wait_ready(self.slirp, ready)
@@ -633,6 +651,7 @@ class Launcher:
             raise
         finally:
             os.close(info_read)
+            os.close(net_read)
         baseline = (self.cgroups.oom_kills(), self.cgroups.pid_limit_hits())
         exited = os.pidfd_open(self.sandbox)
         os.write(block_write, b"go")
@@ -678,8 +697,10 @@ class Launcher:
         except OSError:
             return
         for pid in children:
-            with contextlib.suppress(ProcessLookupError, ValueError):
+            try:  # noqa: SIM105 - see kill_all
                 os.kill(int(pid), sig)
+            except (ProcessLookupError, ValueError):
+                pass
 
     def _cleanup(self) -> None:
         self.cgroups.kill_all()

@@ -254,6 +254,18 @@ def main() -> None:
     parser.add_argument("--auth-proxy", action="store_true")
     parser.add_argument("--isolated", action="store_true")
     parser.add_argument("--package", default="pypi:catwalk-fixture")
+    parser.add_argument(
+        "--readable",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a folder the sandboxed server may read (its code, when outside the project)",
+    )
+    parser.add_argument(
+        "--unsandboxed",
+        action="store_true",
+        help="run the server without the sandbox (CATWALK_UNSAFE_NO_SANDBOX), for comparison",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     options = parser.parse_args()
     command = options.command[1:] if options.command[:1] == ["--"] else options.command
@@ -263,6 +275,11 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="catwalk-stack-"))
     gateway_port = free_port() if options.auth_proxy else options.port
     stack = Stack(data_dir, options.server, gateway_port)
+    if options.readable:
+        readable = [stack.env["SANDBOX_READONLY_PATHS"], *map(os.path.abspath, options.readable)]
+        stack.env["SANDBOX_READONLY_PATHS"] = ",".join(readable)
+    if options.unsandboxed:
+        stack.env["CATWALK_UNSAFE_NO_SANDBOX"] = "1"
     # An absolute entry runs as it is, without fetching the (placeholder) package.
     deploy_args = [
         "--package",

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import peers, report
+from bench import peers, report, sandbox_start
 from bench.proctree import ServerProcess, tree_cpu_seconds
 from bench.wire import ProtocolError, is_echo_result, messages_from_body
 
@@ -36,6 +36,7 @@ def run_harness(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
             "--idle-seconds=0",
             "--quiet-wait=0",
             f"--results-dir={tmp_path / 'results'}",
+            "--sandbox-starts=0",
             *args,
         ],
         cwd=REPO,
@@ -167,3 +168,26 @@ def test_docs_without_markers_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="markers"):
         report.update_docs(docs, "| table |")
+
+
+@pytest.mark.slow
+def test_sandbox_start_is_measured_and_published_in_its_own_section(tmp_path):
+    reason = sandbox_start.unavailable()
+    if reason:
+        pytest.skip(f"no sandbox here: {reason}")
+    peers.ensure_node_peers()
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(
+        DOCS_TEMPLATE + f"\n{sandbox_start.BEGIN_MARKER}\nold\n{sandbox_start.END_MARKER}\n"
+    )
+
+    completed, _ = run_harness(tmp_path, f"--docs={docs}", "--sandbox-starts=2")
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    section = docs.read_text().split(sandbox_start.BEGIN_MARKER)[1]
+    assert "old" not in section
+    for label in ("/bin/true, sandboxed", "server to initialize, sandboxed"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+        median = float(row.split("|")[2])
+        assert median > 0
+    assert "The sandbox adds" in section

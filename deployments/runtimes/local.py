@@ -213,6 +213,23 @@ SANDBOX_WORK = "/srv/server"
 SANDBOX_CACHES = {"npm": f"{SANDBOX_HOME}/.npm", "uv": f"{SANDBOX_HOME}/.cache/uv"}
 
 
+# `manage.py warm_cache` leaves this in a shared cache it has filled and opened to every uid.
+SHARED_CACHE_MARKER = ".catwalk-shared"
+
+
+def shared_caches() -> dict[str, str]:
+    """Shared package caches ready to be layered (read-only) under sandboxed servers' own.
+
+    Only caches `warm_cache` prepared: a cache npm or uv filled as root would be unwritable
+    through the overlay for a server's uid, and npm refuses to run at all.
+    """
+    return {
+        str(cache_root() / name): path
+        for name, path in SANDBOX_CACHES.items()
+        if (cache_root() / name / SHARED_CACHE_MARKER).is_file()
+    }
+
+
 def child_environment(
     deployment: Deployment, paths: RunPaths, *, sandboxed: bool = False
 ) -> dict[str, str]:
@@ -298,7 +315,7 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
             uid=deployment.ensure_sandbox_uid(),
             area=paths.sandbox_area,
             binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
-            caches={str(cache_root() / name): path for name, path in SANDBOX_CACHES.items()},
+            caches=shared_caches(),
             launches=(
                 session_settings(deployment)[0]
                 if deployment.process_model == ProcessModel.ISOLATED

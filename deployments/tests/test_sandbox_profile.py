@@ -11,7 +11,7 @@ import pytest
 
 from catwalk.testing import make_deployment
 from deployments.runtimes import sandbox
-from deployments.runtimes.local import launch_spec, run_paths
+from deployments.runtimes.local import SHARED_CACHE_MARKER, cache_root, launch_spec, run_paths
 from mcpgateway import sandbox as launcher
 
 needs_sandbox = pytest.mark.skipif(
@@ -119,7 +119,23 @@ def test_sandboxed_launch_wraps_the_server_and_writes_a_private_profile(owner, s
     assert str(settings.DATA_DIR) not in json.dumps(profile["writable"]["binds"])
     assert spec.env["TMPDIR"] == "/tmp"
     assert spec.env["npm_config_cache"] == "/home/server/.npm"
-    assert {c["target"] for c in profile["caches"]} == {
-        spec.env["npm_config_cache"],
-        spec.env["UV_CACHE_DIR"],
+    assert profile["caches"] == []  # no shared cache has been prepared by warm_cache
+
+
+@needs_sandbox
+@pytest.mark.django_db
+def test_prepared_shared_caches_are_layered_under_the_servers_own(owner, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    for name in ("npm", "uv"):
+        folder = cache_root() / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SHARED_CACHE_MARKER).touch()
+    deployment = make_deployment(owner)
+
+    spec = launch_spec(deployment)
+
+    profile = json.loads(run_paths(deployment.id).sandbox_profile.read_text())
+    assert {(c["shared"], c["target"]) for c in profile["caches"]} == {
+        (str(cache_root() / "npm"), spec.env["npm_config_cache"]),
+        (str(cache_root() / "uv"), spec.env["UV_CACHE_DIR"]),
     }
