@@ -123,6 +123,10 @@ class Profile:
             self.readonly = [str(p) for p in data.get("readonly", [])]
             self.hidden = [str(p) for p in data.get("hidden", [])]
             self.caches = [(str(c["shared"]), str(c["target"])) for c in data.get("caches", [])]
+            # Host folders bound read-write (only `warm_cache` uses one: the shared caches).
+            self.shared_writable = [
+                (str(b["source"]), str(b["target"])) for b in data.get("shared_writable", [])
+            ]
             limits = data["limits"]
             self.memory_bytes = int(limits["memory_bytes"])
             self.cpus = float(limits["cpus"])
@@ -333,6 +337,8 @@ def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block
     for source, target in binds.items():
         if target != "/tmp":  # noqa: S108
             args += [*parents_of(target), "--bind", source, target]
+    for source, target in profile.shared_writable:
+        args += [*parents_of(target), "--bind", source, target]
     args += ["--chdir", profile.binds.get("work", profile.binds.get("home", "/"))]
     args += [
         # The first stage, a fixed shell line, remounts /proc so the server sees only its own

@@ -23,7 +23,9 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from deployments.runtimes.base import (
     bridge_secret,
     deployment_command,
     register,
+    validate_package,
 )
 
 # sun_path holds 108 bytes including the terminating NUL.
@@ -230,6 +233,119 @@ def shared_caches() -> dict[str, str]:
     }
 
 
+class WarmError(Exception):
+    """A package could not be put into the shared caches; the message says why."""
+
+
+WARM_TIMEOUT_SECONDS = 600
+
+
+def warm_shared_cache(registry: str, name: str, version: str) -> None:
+    """Download a package into the shared caches that sandboxed servers read, and open them.
+
+    Runs in the sandbox like any server, as a uid of its own (one below SANDBOX_UID_BASE), with
+    the shared caches bound writable and nothing of the package's own code run: npm with
+    install scripts off and `true` as the command, uv installing wheels only (no builds) into
+    a throwaway folder. Then every file is made writable through the overlay for every
+    deployment's uid (each writes to its own layer, never here) and the cache is marked ready.
+    Raises SandboxUnavailable, PackageError (a bad name) or WarmError.
+    """
+    validate_package(registry, name, version)
+    check = sandbox.check()
+    if not check.enabled:
+        raise sandbox.SandboxUnavailable(sandbox.refusal(check.problem))
+    root = cache_root()
+    shared = {name_: root / name_ for name_ in SANDBOX_CACHES}
+    for folder in shared.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SHARED_CACHE_MARKER).unlink(missing_ok=True)  # not ready while it changes
+    bin_dir = os.path.dirname(sys.executable)
+    if registry == "npm":
+        command = [
+            shutil.which("npm") or "npm",
+            "exec",
+            "--yes",
+            f"--package={name}@{version or 'latest'}",
+            "--",
+            "true",
+        ]
+    else:
+        command = [
+            os.path.join(bin_dir, "uv"),
+            "pip",
+            "install",
+            "--no-build",
+            "--quiet",
+            "--target",
+            "/tmp/warm",  # noqa: S108 - the sandbox's own /tmp
+            f"{name}=={version}" if version else name,
+        ]
+    with tempfile.TemporaryDirectory(prefix="warm-", dir=ensure_private_dir(run_root())) as folder:
+        profile_path = Path(folder) / "sandbox.json"
+        profile = sandbox.profile(
+            name="warm-cache",
+            uid=settings.SANDBOX_UID_BASE - 1,
+            area=Path(folder) / "sandbox",
+            binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
+            caches={},
+            shared_writable={str(shared[n]): target for n, target in SANDBOX_CACHES.items()},
+        )
+        sandbox.write_profile(profile_path, profile)
+        for folder_ in shared.values():
+            _open_to_all(folder_)
+        environment = {
+            "PATH": _tool_path(),
+            "HOME": SANDBOX_HOME,
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",  # noqa: S108
+            "npm_config_cache": SANDBOX_CACHES["npm"],
+            "npm_config_ignore_scripts": "true",
+            "npm_config_update_notifier": "false",
+            "npm_config_fund": "false",
+            "npm_config_audit": "false",
+            "UV_CACHE_DIR": SANDBOX_CACHES["uv"],
+            "UV_PYTHON": sys.executable,
+        }
+        for variable in settings.LOCAL_PASSTHROUGH_ENV:
+            if variable in os.environ:
+                environment[variable] = os.environ[variable]
+        try:
+            result = subprocess.run(
+                sandbox.wrap(command, profile_path),
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=WARM_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise WarmError(f"{name} did not download within {WARM_TIMEOUT_SECONDS} s") from None
+    if result.returncode != 0:
+        output = (result.stderr or result.stdout).strip().splitlines()[-15:]
+        raise WarmError(
+            f"{name} could not be cached (status {result.returncode}):\n" + "\n".join(output)
+        )
+    for folder in shared.values():
+        _open_to_all(folder)
+        (folder / SHARED_CACHE_MARKER).touch()
+
+
+def _open_to_all(folder: Path) -> None:
+    """Every file readable and writable, every folder enterable, by any uid.
+
+    Only through a deployment's overlay, whose writes land in its own layer: the folder lies in
+    Catwalk's data folder, which no one else on the host can enter.
+    """
+    for path, _, files in os.walk(folder):
+        os.chmod(path, 0o777)  # noqa: S103 - see above
+        for entry in files:
+            file = os.path.join(path, entry)
+            if not os.path.islink(file):
+                mode = os.stat(file).st_mode
+                os.chmod(file, 0o777 if mode & 0o111 else 0o666)
+
+
 def child_environment(
     deployment: Deployment, paths: RunPaths, *, sandboxed: bool = False
 ) -> dict[str, str]:
@@ -254,6 +370,9 @@ def child_environment(
         "npm_config_fund": "false",
         "npm_config_audit": "false",
         "UV_CACHE_DIR": caches.get("uv", str(cache_root() / "uv")),
+        # uvx builds servers' environments with this interpreter, which `warm_cache` caches
+        # wheels for (uv would otherwise pick whichever Python it finds first).
+        "UV_PYTHON": sys.executable,
     }
     for name in settings.LOCAL_PASSTHROUGH_ENV:
         if name in os.environ:

@@ -123,6 +123,7 @@ def profile(
     binds: dict[str, str],
     caches: dict[str, str],
     launches: int = 1,
+    shared_writable: dict[str, str] | None = None,
 ) -> dict:
     """The launcher's profile for one deployment (see mcpgateway/sandbox.py).
 
@@ -143,6 +144,10 @@ def profile(
         "readonly": readonly_paths(),
         "hidden": [str(settings.DATA_DIR)],
         "caches": [{"shared": shared, "target": target} for shared, target in caches.items()],
+        "shared_writable": [
+            {"source": source, "target": target}
+            for source, target in (shared_writable or {}).items()
+        ],
         "limits": {
             "memory_bytes": settings.SANDBOX_MEMORY_MB << 20,
             "cpus": settings.SANDBOX_CPU_PERCENT / 100,

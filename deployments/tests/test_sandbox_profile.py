@@ -83,7 +83,8 @@ def test_host_addresses_and_networks_are_blocked(owner, settings):
 
 @needs_sandbox
 @pytest.mark.django_db
-def test_sandboxed_launch_wraps_the_server_and_writes_a_private_profile(owner, settings):
+def test_sandboxed_launch_wraps_the_server_and_writes_a_private_profile(owner, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
     settings.SANDBOX_MEMORY_MB = 300
     settings.SANDBOX_DISK_MB = 40
     deployment = make_deployment(owner, package_version="2026.1.26")
