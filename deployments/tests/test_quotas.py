@@ -4,7 +4,9 @@ Retry-After and a JSON-RPC error), counted in memory or in Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
@@ -115,6 +117,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@contextlib.asynccontextmanager
+async def gateway_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway built with the test's settings, in this process, relaying to real bridges."""
+    app = Gateway()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000", timeout=30
+        ) as client:
+            yield client
+    finally:
+        await app.close()
+
+
 def running_fixture(owner, supervisor) -> tuple[Deployment, str]:
     deployment, token = deploy_fixture_server(owner)
     supervisor.wait_for_status(deployment, Status.RUNNING)
@@ -166,14 +181,8 @@ async def test_requests_per_minute_per_token_in_memory(owner, supervisor, settin
     settings.REDIS_URL = None
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 3
     settings.QUOTA_SESSIONS_PER_USER = 0
-    app = Gateway()
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000", timeout=30
-        ) as client:
-            await check_rate_limit(owner, supervisor, settings, client)
-    finally:
-        await app.close()
+    async with gateway_client() as client:
+        await check_rate_limit(owner, supervisor, settings, client)
 
 
 @pytest.mark.anyio
@@ -185,14 +194,8 @@ async def test_requests_per_minute_per_token_in_redis(owner, supervisor, setting
     connection = redis.Redis.from_url(redis_url)
     for key in connection.scan_iter("catwalk:limits:*"):
         connection.delete(key)
-    app = Gateway()
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000", timeout=30
-        ) as client:
-            await check_rate_limit(owner, supervisor, settings, client)
-    finally:
-        await app.close()
+    async with gateway_client() as client:
+        await check_rate_limit(owner, supervisor, settings, client)
 
     assert list(connection.scan_iter("catwalk:limits:rate:*"))  # counted where all gateways see
 
@@ -211,27 +214,21 @@ async def test_open_sessions_per_user(owner, supervisor, settings, request, stor
     settings.QUOTA_SESSIONS_PER_USER = 2
     settings.RATE_LIMIT_REQUESTS_PER_MINUTE = 0
     deployment, token = await anyio.to_thread.run_sync(running_fixture, owner, supervisor)
-    app = Gateway()
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000", timeout=30
-        ) as client:
-            auth = {**HEADERS, "Authorization": f"Bearer {token}"}
-            first = await initialize(client, deployment, token)
-            second = await initialize(client, deployment, token)
-            third = await initialize(client, deployment, token)
-            session = first.headers["mcp-session-id"]
-            within = await client.post(
-                f"/mcp/{deployment.id}",
-                json={"jsonrpc": "2.0", "id": 8, "method": "tools/list"},
-                headers={**auth, "Mcp-Session-Id": session},
-            )
-            closed = await client.delete(
-                f"/mcp/{deployment.id}", headers={**auth, "Mcp-Session-Id": session}
-            )
-            fourth = await initialize(client, deployment, token)
-    finally:
-        await app.close()
+    async with gateway_client() as client:
+        auth = {**HEADERS, "Authorization": f"Bearer {token}"}
+        first = await initialize(client, deployment, token)
+        second = await initialize(client, deployment, token)
+        third = await initialize(client, deployment, token)
+        session = first.headers["mcp-session-id"]
+        within = await client.post(
+            f"/mcp/{deployment.id}",
+            json={"jsonrpc": "2.0", "id": 8, "method": "tools/list"},
+            headers={**auth, "Mcp-Session-Id": session},
+        )
+        closed = await client.delete(
+            f"/mcp/{deployment.id}", headers={**auth, "Mcp-Session-Id": session}
+        )
+        fourth = await initialize(client, deployment, token)
 
     assert [first.status_code, second.status_code] == [200, 200]
     # Retry-After: until the oldest session would expire unused.
