@@ -338,6 +338,10 @@ for _network in SANDBOX_BLOCKED_NETWORKS:
     except ValueError as _error:
         raise SettingError("SANDBOX_BLOCKED_NETWORKS", f"{_network!r}: {_error}") from None
 SANDBOX_CGROUP_ROOT = config.read("SANDBOX_CGROUP_ROOT", "/sys/fs/cgroup")
+# Where the sandbox's programs (bwrap, slirp4netns, nft, setpriv, mount) are looked for.
+SANDBOX_TOOLS_PATH = config.read(
+    "SANDBOX_TOOLS_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
 # --- end of the local runtime's settings ----------------------------------------------------
 
 # --- Tenancy: per-user quotas and per-token rate limits (0 turns a limit off) ---------------

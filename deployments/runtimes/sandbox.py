@@ -54,7 +54,7 @@ class SandboxCheck:
 def find_tools() -> tuple[dict[str, str], list[str]]:
     found, missing = {}, []
     for program, package in REQUIRED_TOOLS.items():
-        path = shutil.which(program, path=os.pathsep.join(("/usr/sbin", "/usr/bin", "/sbin")))
+        path = shutil.which(program, path=settings.SANDBOX_TOOLS_PATH)
         if path is None:
             missing.append(f"{program} (Debian package {package})")
         else:

@@ -27,9 +27,8 @@ def test_the_runtime_and_the_launcher_agree_on_exit_statuses_and_messages():
 
 
 @pytest.mark.django_db
-def test_missing_tools_refuse_to_start_and_say_what_to_install(owner, settings, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr(sandbox.shutil, "which", lambda program, path=None: None)
+def test_missing_tools_refuse_to_start_and_say_what_to_install(owner, settings):
+    settings.SANDBOX_TOOLS_PATH = "/nonexistent"
     deployment = make_deployment(owner)
 
     check = sandbox.check()

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from cryptography.fernet import Fernet
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from deployments import services
@@ -255,3 +256,30 @@ def test_real_pypi_server_runs_through_uvx(supervisor, owner):
     family = bridge_family(deployment)
     assert supervisor.stop(signal.SIGTERM) == 0
     assert all_gone(family)
+
+
+def test_without_the_sandbox_tools_deployments_fail_saying_why_on_the_page_and_in_the_log(
+    start_supervisor, owner, owner_client
+):
+    supervisor = start_supervisor(SANDBOX_TOOLS_PATH="/nonexistent")
+    deployment, _ = deploy_fixture_server(owner)
+
+    deployment = supervisor.wait_for_status(deployment, Status.FAILED)
+
+    for text in (deployment.status_detail, supervisor.log()):
+        assert "bwrap (Debian package bubblewrap)" in text
+        assert "CATWALK_UNSAFE_NO_SANDBOX=1" in text
+    page = owner_client.get(reverse("deployment-detail", args=[deployment.id])).content.decode()
+    assert "MCP servers run only inside the sandbox" in page
+    assert not run_paths(deployment.id).pidfile.exists()
+
+
+def test_the_unsafe_setting_runs_servers_unsandboxed_and_says_so(start_supervisor, owner):
+    supervisor = start_supervisor(SANDBOX_TOOLS_PATH="/nonexistent", CATWALK_UNSAFE_NO_SANDBOX="1")
+    deployment, _ = deploy_fixture_server(owner)
+
+    supervisor.wait_for_status(deployment, Status.RUNNING)
+
+    assert "UNSANDBOXED" in supervisor.log()
+    environment = json.loads(call_tool(endpoint_of(deployment), "get-env"))
+    assert environment["HOME"] == str(run_paths(deployment.id).home)
