@@ -22,6 +22,7 @@ not through ``npx``, whose extra npm process would distort memory and cold start
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -109,7 +110,7 @@ def _bridge(mode: str) -> Callable[[int, Sequence[str]], list[str]]:
 
 
 def _gateway(
-    server_name: str, *, sandboxed: bool = True
+    server_name: str, *, sandboxed: bool = True, use_redis: bool = False
 ) -> Callable[[int, Sequence[str]], list[str]]:
     def command(port: int, server: Sequence[str]) -> list[str]:
         return [
@@ -124,11 +125,25 @@ def _gateway(
             "--readable",
             str(peers.PEERS),
             *([] if sandboxed else ["--unsandboxed"]),
+            *(["--redis", REDIS_URL] if use_redis else []),
             "--",
             *server,
         ]
 
     return command
+
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+
+
+def _redis_unavailable() -> str | None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        return f"no Redis at {REDIS_URL} (BENCH_REDIS_URL): {exc}"
+    return _bridge_unavailable()
 
 
 def _supergateway(port: int, server: Sequence[str]) -> list[str]:
@@ -205,6 +220,17 @@ TARGETS: dict[str, Target] = {
                 cold_start_applies=False,
             )
             for server in ("uvicorn", "daphne")
+        ),
+        HttpTarget(
+            name="catwalk-gateway-uvicorn-redis",
+            description="Catwalk gateway (uvicorn) + bridge, limits counted in Redis",
+            command=_gateway("uvicorn", use_redis=True),
+            cwd=REPO,
+            install=peers.ensure_node_peers,
+            unavailable=_redis_unavailable,
+            announces_endpoint=True,
+            cold_start_applies=False,
+            default=False,
         ),
         HttpTarget(
             name="catwalk-gateway-uvicorn-unsandboxed",

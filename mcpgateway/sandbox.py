@@ -393,6 +393,7 @@ class Cgroups:
             }
 
     def create(self) -> None:
+        self._remove_stale()
         period = 100_000
         quota = max(1000, int(self.profile.cpus * period))
         memory, pids = self.profile.memory_bytes, self.profile.pids
@@ -423,6 +424,21 @@ class Cgroups:
                 if os.path.exists(path):
                     with open(path, "w") as handle:
                         handle.write(str(value))
+
+    def _remove_stale(self) -> None:
+        """Empty cgroups of earlier launches of this deployment, killed before cleaning up."""
+        for _, folder in self.candidates.values():
+            parent = os.path.dirname(folder)
+            try:
+                entries = os.listdir(parent)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.isdigit() and not os.path.exists(f"/proc/{entry}"):
+                    try:  # noqa: SIM105 - see kill_all
+                        os.rmdir(os.path.join(parent, entry))
+                    except OSError:  # still has processes, or not ours to remove
+                        pass
 
     def join(self) -> None:
         """Runs in the forked child before bubblewrap: everything it starts is counted."""
@@ -541,9 +557,16 @@ def start_firewall(profile: Profile, pid: int) -> int:
         os.close(netns)
 
 
+# Write ends of slirp4netns' exit pipes: held until the launcher exits.
+_keep_open: list[int] = []
+
+
 def start_slirp(profile: Profile, pid: int) -> tuple[int, int]:
     """slirp4netns for the namespace; returns its pid and the fd that says when it is ready."""
     ready_read, ready_write = os.pipe()
+    # slirp4netns exits when this pipe closes: when the launcher exits, however it dies.
+    exit_read, exit_write = os.pipe()
+    os.set_inheritable(exit_write, False)
     slirp = spawn(
         [
             profile.tools["slirp4netns"],
@@ -553,13 +576,16 @@ def start_slirp(profile: Profile, pid: int) -> tuple[int, int]:
             "--enable-sandbox",
             "--enable-seccomp",
             f"--ready-fd={ready_write}",
+            f"--exit-fd={exit_read}",
             str(pid),
             "tap0",
         ],
-        keep=(ready_write,),
+        keep=(ready_write, exit_read),
         quiet=True,
     )
     os.close(ready_write)
+    os.close(exit_read)
+    _keep_open.append(exit_write)
     return slirp, ready_read
 
 

@@ -262,6 +262,11 @@ def main() -> None:
         help="a folder the sandboxed server may read (its code, when outside the project)",
     )
     parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="use this Redis (rate limits and session counts shared across processes)",
+    )
+    parser.add_argument(
         "--unsandboxed",
         action="store_true",
         help="run the server without the sandbox (CATWALK_UNSAFE_NO_SANDBOX), for comparison",
@@ -280,6 +285,8 @@ def main() -> None:
         stack.env["SANDBOX_READONLY_PATHS"] = ",".join(readable)
     if options.unsandboxed:
         stack.env["CATWALK_UNSAFE_NO_SANDBOX"] = "1"
+    if options.redis:
+        stack.env["REDIS_URL"] = options.redis
     # An absolute entry runs as it is, without fetching the (placeholder) package.
     deploy_args = [
         "--package",

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mcpgateway import sandbox
@@ -310,7 +311,7 @@ def test_sigterm_reaches_the_server_and_nothing_survives(area):
     assert leftovers.stdout == ""
 
 
-def test_killing_the_launcher_kills_the_sandbox(area):
+def test_killing_the_launcher_kills_the_sandbox_and_leaves_nothing_behind(area):
     profile = make_profile(area)
     process = subprocess.Popen(
         [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
@@ -319,14 +320,23 @@ def test_killing_the_launcher_kills_the_sandbox(area):
         env={"HOME": str(area / "home"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert process.stdout.readline().strip() == "ready"
+    helpers = psutil.Process(process.pid).children()
+    cgroup = Path(f"/sys/fs/cgroup/pids/catwalk/test-{os.getpid()}/{process.pid}")
+    had_cgroup = cgroup.is_dir()
 
     process.kill()
     process.wait()
 
     deadline = time.monotonic() + 10
-    while subprocess.run(["pgrep", "-u", str(UID)], capture_output=True).returncode == 0:
-        assert time.monotonic() < deadline, "the sandboxed process outlived its launcher"
+    while subprocess.run(["pgrep", "-u", str(UID)], capture_output=True).returncode == 0 or any(
+        helper.is_running() and helper.status() != psutil.STATUS_ZOMBIE for helper in helpers
+    ):
+        assert time.monotonic() < deadline, "the sandbox or slirp4netns outlived its launcher"
         time.sleep(0.1)
+    # The next launch of the same deployment removes the cgroup the killed one left.
+    assert run(area, "pass").returncode == 0
+    assert had_cgroup == os.access("/sys/fs/cgroup/pids", os.W_OK)
+    assert not cgroup.exists()
 
 
 @pytest.mark.parametrize(
