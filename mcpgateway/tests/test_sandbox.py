@@ -364,3 +364,39 @@ def test_usage_error_without_a_command(area):
 
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def test_rlimits_and_cgroup_limits_are_those_of_the_profile(area):
+    profile = make_profile(area, cpus=0.5, open_files=128)
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
+         sys.executable, "-c", textwrap.dedent("""
+            import resource
+            print(resource.getrlimit(resource.RLIMIT_NOFILE), flush=True)
+            handles = []
+            try:
+                while True:
+                    handles.append(open("/dev/null"))
+            except OSError as exc:
+                print(len(handles), type(exc).__name__, flush=True)
+            input()
+         """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={"HOME": str(area / "home"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert process.stdout.readline().strip() == "(128, 128)"
+    opened, error = process.stdout.readline().split()
+    cgroups = Path("/sys/fs/cgroup")
+    relative = Path("catwalk") / f"test-{os.getpid()}" / str(process.pid)
+    limits = {}
+    if os.access(cgroups / "cpu", os.W_OK):
+        limits = {
+            "cpu": (cgroups / "cpu" / relative / "cpu.cfs_quota_us").read_text().strip(),
+            "memory": (cgroups / "memory" / relative / "memory.limit_in_bytes").read_text().strip(),
+            "pids": (cgroups / "pids" / relative / "pids.max").read_text().strip(),
+        }
+    process.communicate("\n", timeout=20)
+
+    assert int(opened) < 128 and error == "OSError"
+    if os.access(cgroups / "cpu", os.W_OK):
+        assert limits == {"cpu": "50000", "memory": str(192 << 20), "pids": "48"}
