@@ -6,13 +6,14 @@ Sessions are the MCP sessions a user's clients hold across all of their deployme
 is deleted, the bridge forgets it (404), or it goes unused for the session idle timeout. Over a
 limit the gateway answers 429 with `Retry-After` and a JSON-RPC error (code RATE_LIMITED).
 
-With Redis (REDIS_URL) the counts are shared by every gateway process, in one round trip per
-request; without it each process counts on its own. If Redis fails, requests are admitted and
+With Redis (REDIS_URL) the counts are shared by every gateway process, sent in batches (see
+`_RedisStore`); without it each process counts on its own. If Redis fails, requests are admitted and
 the failure is logged: a quota must not take the product down with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -170,38 +171,81 @@ class _MemoryStore(_Store):
 
 
 class _RedisStore(_Store):
-    """Counts in Redis, shared by every gateway process: one pipelined round trip per request."""
+    """Counts in Redis, shared by every gateway process.
+
+    A round trip per request cost as much CPU as the rest of the gateway, so requests are
+    counted here first and sent to Redis in one pipeline per FLUSH_SECONDS (INCRBY per token
+    window, session refreshes); each flush brings back every token's total across all
+    processes. A process therefore decides on everyone's count as of its last flush plus its
+    own since: exact for one process, at most a flush interval's worth of requests generous
+    across several. Opening a session, which is rare, asks Redis directly.
+    """
+
+    FLUSH_SECONDS = 0.1
 
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
 
         self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._pending: dict[str, int] = {}  # token window -> requests not yet in Redis
+        self._totals: dict[str, int] = {}  # token window -> all processes' count, last flush
+        self._touched: dict[int, dict[str, float]] = {}  # owner -> session -> new expiry
+        self._window = ""
+        self._flusher: asyncio.Task | None = None
 
     @staticmethod
     def _sessions_key(owner: int) -> str:
         return f"{KEY_PREFIX}:sessions:{owner}"
 
     async def admit(self, *, token, owner, session, opening, now, expires):
-        pipe = self._redis.pipeline(transaction=False)
+        count = 0
         if token is not None:
-            key = f"{KEY_PREFIX}:rate:{token}"
-            pipe.incr(key)
-            pipe.expire(key, 2 * WINDOW_SECONDS)
-        if owner is not None:
-            key = self._sessions_key(owner)
-            if session is not None:
-                pipe.zadd(key, {session: expires}, xx=True)
-            if opening:
-                pipe.zremrangebyscore(key, "-inf", now)
-                pipe.zcard(key)
-                pipe.zrange(key, 0, 0, withscores=True)
-        results = await pipe.execute()
-        count = results[0] if token is not None else 0
+            window = token.rpartition(":")[2]
+            if window != self._window:  # a new minute: earlier windows are over
+                self._totals.clear()
+                self._window = window
+            self._pending[token] = self._pending.get(token, 0) + 1
+            count = self._totals.get(token, 0) + self._pending[token]
+        if owner is not None and session is not None:
+            self._touched.setdefault(owner, {})[session] = expires
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
         open_sessions, oldest = 0, None
         if owner is not None and opening:
-            open_sessions = results[-2]
-            oldest = results[-1][0][1] if results[-1] else None
+            key = self._sessions_key(owner)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+            _, open_sessions, first = await pipe.execute()
+            oldest = first[0][1] if first else None
         return count, open_sessions, oldest
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.FLUSH_SECONDS)
+        try:
+            await self.flush()
+        except Exception:
+            logger.warning("limits: Redis flush failed; counts since the last one dropped",
+                           exc_info=True)  # fmt: skip
+
+    async def flush(self) -> None:
+        """Send what this process counted to Redis and learn everyone's totals."""
+        pending, self._pending = self._pending, {}
+        touched, self._touched = self._touched, {}
+        if not pending and not touched:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for token, increment in pending.items():
+            key = f"{KEY_PREFIX}:rate:{token}"
+            pipe.incrby(key, increment)
+            pipe.expire(key, 2 * WINDOW_SECONDS)
+        for owner, sessions in touched.items():
+            pipe.zadd(self._sessions_key(owner), sessions, xx=True)
+        results = await pipe.execute()
+        for index, token in enumerate(pending):
+            if token.rpartition(":")[2] == self._window:
+                self._totals[token] = results[2 * index]
 
     async def opened(self, owner: int, session: str, expires: float) -> None:
         key = self._sessions_key(owner)
@@ -215,4 +259,11 @@ class _RedisStore(_Store):
         await self._redis.zrem(self._sessions_key(owner), session)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        try:
+            await self.flush()
+        except Exception:
+            logger.warning("limits: last flush to Redis failed", exc_info=True)
+        finally:
+            await self._redis.aclose()
