@@ -92,6 +92,10 @@ def _profile(folder: Path) -> Path:
         area=folder / "area",
         binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
         caches={},
+        environment_file=folder / "env",
+    )
+    sandbox.write_environment(
+        folder / "env", {"PATH": "/usr/bin:/bin", "HOME": SANDBOX_HOME, "LANG": "C.UTF-8"}
     )
     data["readonly"].append(str(peers.PEERS))
     path = folder / "profile.json"

@@ -138,6 +138,8 @@ class Profile:
             self.blocked = [str(n) for n in data.get("blocked", [])]
             self.cgroup_root = str(data.get("cgroup_root", "/sys/fs/cgroup"))
             self.tools = {str(k): str(v) for k, v in data["tools"].items()}
+            # The server's whole environment, as `NAME='value'` lines (see the runtime).
+            self.environment_file = str(data.get("environment_file", "/dev/null"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SetupError(f"bad profile: {exc!r}") from exc
         for tool in ("bwrap", "setpriv", "nft", "slirp4netns", "mount"):
@@ -276,7 +278,9 @@ def prepare_writable_area(profile: Profile) -> dict[str, str]:
     return binds
 
 
-def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block_fd: int):
+def bwrap_arguments(
+    profile: Profile, binds: dict[str, str], info_fd: int, block_fd: int, env_fd: int
+):
     """bubblewrap's command line: namespaces, the read-only system, the writable binds."""
     args = [
         profile.tools["bwrap"],
@@ -352,10 +356,13 @@ def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block
         "CAP_SETUID",
         "--cap-add",
         "CAP_SETGID",
+        "--cap-add",
+        "CAP_SETPCAP",
         "--info-fd",
         str(info_fd),
         "--block-fd",
         str(block_fd),
+        "--clearenv",
         "--",
         "/bin/sh",
         "-c",
@@ -366,8 +373,16 @@ def bwrap_arguments(profile: Profile, binds: dict[str, str], info_fd: int, block
         f"--regid={profile.gid}",
         "--clear-groups",
         "--inh-caps=-all",
+        "--bounding-set=-all",
         "--no-new-privs",
         "--",
+        # Only now, as the server's uid with no capabilities left, does its environment (the
+        # deployment's credentials, shell-quoted by the runtime) come in, read from an open
+        # descriptor that is closed before the server runs: no root process ever has it.
+        "/bin/sh",
+        "-c",
+        f'set -a; eval "$(/usr/bin/cat <&{env_fd})"; set +a; exec {env_fd}<&-; exec "$@"',
+        "sh",
     ]
     return args
 
@@ -601,6 +616,20 @@ def wait_ready(slirp: int, ready_read: int) -> None:
 # --- Running --------------------------------------------------------------------------------
 
 
+def _single_digit(fd: int) -> int:
+    """The same file on a descriptor below 10, which is all a POSIX shell's `<&N` takes."""
+    if fd < 10:
+        return fd
+    for candidate in range(3, 10):
+        try:
+            fcntl.fcntl(candidate, fcntl.F_GETFD)
+        except OSError:  # free
+            os.dup2(fd, candidate, inheritable=False)
+            os.close(fd)
+            return candidate
+    raise SetupError("no descriptor below 10 is free for the environment")
+
+
 def read_child_pid(fd: int) -> int:
     """The sandbox's PID 1 (as this namespace sees it), from bubblewrap's --info-fd JSON."""
     data = b""
@@ -641,6 +670,8 @@ class Launcher:
 
     def _run(self) -> int:
         profile = self.profile
+        # First, while low descriptors are still free.
+        env_fd = _single_digit(os.open(profile.environment_file, os.O_RDONLY | os.O_NOFOLLOW))
         binds = prepare_writable_area(profile)
         self.cgroups.create()
         info_read, info_write = os.pipe()
@@ -659,11 +690,11 @@ class Launcher:
             os.close(net_write)
 
         self.sandbox = spawn(
-            [*bwrap_arguments(profile, binds, info_write, block_read), *self.command],
-            keep=(info_write, block_read, net_write),
+            [*bwrap_arguments(profile, binds, info_write, block_read, env_fd), *self.command],
+            keep=(info_write, block_read, net_write, env_fd),
             before_exec=in_child,
         )
-        for fd in (info_write, block_read, net_write):
+        for fd in (info_write, block_read, net_write, env_fd):
             os.close(fd)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._forward)

@@ -99,6 +99,7 @@ class RunPaths:
     tmp: Path
     sandbox_area: Path
     sandbox_profile: Path
+    sandbox_environment: Path
 
     def prepare(self) -> None:
         ensure_private_dir(run_root())
@@ -128,6 +129,7 @@ def run_paths(deployment_id: object) -> RunPaths:
         tmp=root / "tmp",
         sandbox_area=root / "sandbox",
         sandbox_profile=root / "sandbox.json",
+        sandbox_environment=root / "sandbox.env",
     )
 
 
@@ -280,39 +282,41 @@ def warm_shared_cache(registry: str, name: str, version: str) -> None:
             "/tmp/warm",  # noqa: S108 - the sandbox's own /tmp
             f"{name}=={version}" if version else name,
         ]
+    environment = {
+        "PATH": _tool_path(),
+        "HOME": SANDBOX_HOME,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",  # noqa: S108
+        "npm_config_cache": SANDBOX_CACHES["npm"],
+        "npm_config_ignore_scripts": "true",
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+        "UV_CACHE_DIR": SANDBOX_CACHES["uv"],
+        "UV_PYTHON": sys.executable,
+    }
+    for variable in settings.LOCAL_PASSTHROUGH_ENV:
+        if variable in os.environ:
+            environment[variable] = os.environ[variable]
     with tempfile.TemporaryDirectory(prefix="warm-", dir=ensure_private_dir(run_root())) as folder:
-        profile_path = Path(folder) / "sandbox.json"
+        profile_path, environment_path = Path(folder) / "sandbox.json", Path(folder) / "env"
+        sandbox.write_environment(environment_path, environment)
         profile = sandbox.profile(
             name="warm-cache",
             uid=settings.SANDBOX_UID_BASE - 1,
             area=Path(folder) / "sandbox",
             binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
             caches={},
+            environment_file=environment_path,
             shared_writable={str(shared[n]): target for n, target in SANDBOX_CACHES.items()},
         )
         sandbox.write_profile(profile_path, profile)
         for folder_ in shared.values():
             _open_to_all(folder_)
-        environment = {
-            "PATH": _tool_path(),
-            "HOME": SANDBOX_HOME,
-            "LANG": "C.UTF-8",
-            "TMPDIR": "/tmp",  # noqa: S108
-            "npm_config_cache": SANDBOX_CACHES["npm"],
-            "npm_config_ignore_scripts": "true",
-            "npm_config_update_notifier": "false",
-            "npm_config_fund": "false",
-            "npm_config_audit": "false",
-            "UV_CACHE_DIR": SANDBOX_CACHES["uv"],
-            "UV_PYTHON": sys.executable,
-        }
-        for variable in settings.LOCAL_PASSTHROUGH_ENV:
-            if variable in os.environ:
-                environment[variable] = os.environ[variable]
         try:
             result = subprocess.run(
                 sandbox.wrap(command, profile_path),
-                env=environment,
+                env={"PATH": os.pathsep.join(SYSTEM_PATH), "LANG": "C.UTF-8"},
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -426,15 +430,20 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
     check = sandbox.check()
     if not check.may_start:
         raise sandbox.SandboxUnavailable(sandbox.refusal(check.problem))
+    environment = child_environment(deployment, paths, sandboxed=check.enabled)
     fatal: list[str] = []
     if check.enabled:
         paths.prepare()
+        # The credentials never enter a root process's environment: the bridge and the launcher
+        # run with a fixed one, and the launcher hands this file to the server's uid.
+        sandbox.write_environment(paths.sandbox_environment, environment)
         profile = sandbox.profile(
             name=str(deployment.id),
             uid=deployment.ensure_sandbox_uid(),
             area=paths.sandbox_area,
             binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
             caches=shared_caches(),
+            environment_file=paths.sandbox_environment,
             launches=(
                 session_settings(deployment)[0]
                 if deployment.process_model == ProcessModel.ISOLATED
@@ -449,8 +458,12 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
             "--fatal-exit-status",
             str(sandbox.SETUP_EXIT_STATUS),
         ]
+        environment = {"PATH": os.pathsep.join(SYSTEM_PATH), "LANG": "C.UTF-8"}
     argv = [
         sys.executable,
+        # No PYTHON* variable or user site: the bridge runs as root.
+        "-E",
+        "-s",
         "-m",
         BRIDGE_MODULE,
         "--listen",
@@ -466,7 +479,7 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
         "--",
         *server,
     ]
-    env = child_environment(deployment, paths, sandboxed=check.enabled)
+    env = dict(environment)
     env["CATWALK_BRIDGE_SECRET"] = bridge_secret(deployment.id)
     # The project folder as working directory is what makes `-m mcpgateway.bridge` importable,
     # without a PYTHONPATH that the MCP server would inherit.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import sys
@@ -122,6 +124,7 @@ def profile(
     area: Path,
     binds: dict[str, str],
     caches: dict[str, str],
+    environment_file: Path,
     launches: int = 1,
     shared_writable: dict[str, str] | None = None,
 ) -> dict:
@@ -158,6 +161,7 @@ def profile(
         "blocked": sorted({*host_networks(), *settings.SANDBOX_BLOCKED_NETWORKS}),
         "cgroup_root": settings.SANDBOX_CGROUP_ROOT,
         "tools": tools,
+        "environment_file": str(environment_file),
     }
 
 
@@ -166,6 +170,27 @@ def write_profile(path: Path, data: dict) -> None:
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=1)
+    os.replace(staging, path)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def write_environment(path: Path, environment: dict[str, str]) -> None:
+    """The server's environment for the launcher: `NAME='value'` lines (0600).
+
+    Read by a shell inside the sandbox, as the server's uid, just before the server starts; the
+    quoting makes every value literal.
+    """
+    lines = []
+    for name, value in environment.items():
+        if not ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        lines.append(f"{name}={shlex.quote(value)}\n")
+    staging = path.with_name(path.name + ".tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(lines))
     os.replace(staging, path)
 
 

@@ -141,7 +141,7 @@ def test_bridge_gets_its_secret_and_runs_from_the_project_folder(owner, settings
 
     assert spec.env["CATWALK_BRIDGE_SECRET"] == bridge_secret(deployment.id)
     assert spec.cwd == str(settings.BASE_DIR)
-    assert spec.argv[:3] == [sys.executable, "-m", "mcpgateway.bridge"]
+    assert spec.argv[:5] == [sys.executable, "-E", "-s", "-m", "mcpgateway.bridge"]
     separator = spec.argv.index("--")
     assert spec.argv[separator + 1 :] == [
         "npx",

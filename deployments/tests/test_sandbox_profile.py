@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 import stat
 import sys
 from pathlib import Path
 
 import pytest
 
-from catwalk.testing import make_deployment
+from catwalk.testing import make_credential, make_deployment
 from deployments.runtimes import sandbox
 from deployments.runtimes.local import SHARED_CACHE_MARKER, cache_root, launch_spec, run_paths
 from mcpgateway import sandbox as launcher
@@ -17,6 +18,31 @@ from mcpgateway import sandbox as launcher
 needs_sandbox = pytest.mark.skipif(
     not sandbox.check().enabled, reason=f"no sandbox here: {sandbox.check().problem}"
 )
+
+
+def server_environment(path: Path) -> dict[str, str]:
+    """What the server gets: the file, read the way the launcher's shell reads it."""
+    return {
+        name: shlex.split(value)[0] if value else ""
+        for name, _, value in (line.partition("=") for line in path.read_text().splitlines())
+    }
+
+
+@pytest.mark.django_db
+def test_credentials_reach_the_file_quoted_and_never_the_bridge(owner, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    deployment = make_deployment(owner)
+    make_credential(deployment, "API_KEY", "it's $(id) `id`")
+
+    spec = launch_spec(deployment)
+
+    if sandbox.check().enabled:
+        assert "API_KEY" not in spec.env
+        assert server_environment(run_paths(deployment.id).sandbox_environment)["API_KEY"] == (
+            "it's $(id) `id`"
+        )
+    else:
+        assert spec.env["API_KEY"] == "it's $(id) `id`"
 
 
 def test_the_runtime_and_the_launcher_agree_on_exit_statuses_and_messages():
@@ -71,7 +97,12 @@ def test_host_addresses_and_networks_are_blocked(owner, settings):
     paths = run_paths(make_deployment(owner).id)
 
     profile = sandbox.profile(
-        name="x", uid=300_000, area=paths.sandbox_area, binds={"home": "/h"}, caches={}
+        name="x",
+        uid=300_000,
+        area=paths.sandbox_area,
+        binds={"home": "/h"},
+        caches={},
+        environment_file=paths.sandbox_environment,
     )
 
     assert "203.0.113.7/32" in profile["blocked"]
@@ -115,10 +146,15 @@ def test_sandboxed_launch_wraps_the_server_and_writes_a_private_profile(owner, s
     assert profile["limits"]["memory_bytes"] == 300 << 20
     assert profile["writable"]["size_bytes"] == 40 << 20
     assert str(settings.DATA_DIR) in profile["hidden"]
-    assert spec.env["HOME"] == profile["writable"]["binds"]["home"] == "/home/server"
+    # The bridge runs as root with a fixed environment; the server's is in a 0600 file.
+    assert set(spec.env) == {"PATH", "LANG", "CATWALK_BRIDGE_SECRET"}
+    server_env = server_environment(paths.sandbox_environment)
+    assert stat.S_IMODE(paths.sandbox_environment.stat().st_mode) == 0o600
+    assert profile["environment_file"] == str(paths.sandbox_environment)
+    assert server_env["HOME"] == profile["writable"]["binds"]["home"] == "/home/server"
     assert str(settings.DATA_DIR) not in json.dumps(profile["writable"]["binds"])
-    assert spec.env["TMPDIR"] == "/tmp"
-    assert spec.env["npm_config_cache"] == "/home/server/.npm"
+    assert server_env["TMPDIR"] == "/tmp"
+    assert server_env["npm_config_cache"] == "/home/server/.npm"
     assert profile["caches"] == []  # no shared cache has been prepared by warm_cache
 
 
@@ -132,10 +168,10 @@ def test_prepared_shared_caches_are_layered_under_the_servers_own(owner, setting
         (folder / SHARED_CACHE_MARKER).touch()
     deployment = make_deployment(owner)
 
-    spec = launch_spec(deployment)
+    launch_spec(deployment)
 
     profile = json.loads(run_paths(deployment.id).sandbox_profile.read_text())
     assert {(c["shared"], c["target"]) for c in profile["caches"]} == {
-        (str(cache_root() / "npm"), spec.env["npm_config_cache"]),
-        (str(cache_root() / "uv"), spec.env["UV_CACHE_DIR"]),
+        (str(cache_root() / "npm"), "/home/server/.npm"),
+        (str(cache_root() / "uv"), "/home/server/.cache/uv"),
     }

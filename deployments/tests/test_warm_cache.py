@@ -59,30 +59,34 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 def start_offline(folder: Path, command: list[str], extra_env: dict[str, str]) -> dict:
     """Start a server sandboxed over the shared caches, offline; its answer to initialize."""
-    profile_path = folder / "sandbox.json"
+    profile_path, environment_path = folder / "sandbox.json", folder / "env"
+    sandbox.write_environment(
+        environment_path,
+        {
+            "PATH": _tool_path(),
+            "HOME": SANDBOX_HOME,
+            "LANG": "C.UTF-8",
+            "npm_config_cache": SANDBOX_CACHES["npm"],
+            "UV_CACHE_DIR": SANDBOX_CACHES["uv"],
+            "UV_PYTHON": sys.executable,
+            **extra_env,
+        },
+    )
     profile = sandbox.profile(
         name="warm-test",
         uid=299_000,
         area=folder / "area",
         binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},
         caches=shared_caches(),
+        environment_file=environment_path,
     )
     sandbox.write_profile(profile_path, profile)
-    environment = {
-        "PATH": _tool_path(),
-        "HOME": SANDBOX_HOME,
-        "LANG": "C.UTF-8",
-        "npm_config_cache": SANDBOX_CACHES["npm"],
-        "UV_CACHE_DIR": SANDBOX_CACHES["uv"],
-        "UV_PYTHON": sys.executable,
-        **extra_env,
-    }
     result = subprocess.run(
         sandbox.wrap(command, profile_path),
         input=json.dumps(INITIALIZE) + "\n",
         capture_output=True,
         text=True,
-        env=environment,
+        env={"PATH": "/usr/bin:/bin"},
         timeout=120,
         check=False,
     )

@@ -7,8 +7,10 @@ with the reason where the host lacks them (CI installs them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -42,7 +44,17 @@ def area(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sbx")
 
 
-def make_profile(folder: Path, **changes) -> Path:
+def make_profile(folder: Path, environment: dict[str, str] | None = None, **changes) -> Path:
+    """A profile like the runtime's; the server's environment goes to a file, as there."""
+    environment_file = folder / "server.env"
+    environment_file.write_text(
+        "".join(
+            f"{name}={shlex.quote(value)}\n"
+            for name, value in (
+                environment or {"HOME": str(folder / "home"), "PATH": "/usr/bin:/bin"}
+            ).items()
+        )
+    )
     data = {
         "name": f"test-{os.getpid()}",
         "uid": UID,
@@ -58,6 +70,7 @@ def make_profile(folder: Path, **changes) -> Path:
         "limits": {"memory_bytes": 192 << 20, "cpus": 1, "pids": 48, "open_files": 256},
         "blocked": [],
         "tools": TOOLS,
+        "environment_file": str(environment_file),
     }
     for key, value in changes.items():
         if key in data["limits"]:
@@ -69,15 +82,16 @@ def make_profile(folder: Path, **changes) -> Path:
     return path
 
 
-def run(folder: Path, program: str, *, timeout: float = 60, env=None, **changes):
-    profile = make_profile(folder, **changes)
+def run(folder: Path, program: str, *, timeout: float = 60, environment=None, **changes):
+    profile = make_profile(folder, environment, **changes)
     return subprocess.run(
         [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
          sys.executable, "-c", textwrap.dedent(program)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env if env is not None else {"HOME": str(folder / "home"), "PATH": "/usr/bin:/bin"},
+        # The launcher's own environment, which must not reach the server.
+        env={"PATH": "/usr/bin:/bin", "LAUNCHER_ONLY": "not for the server"},
     )  # fmt: skip
 
 
@@ -229,18 +243,43 @@ def test_public_internet_and_dns_still_work(area):
     assert result.stdout.strip() == "200"
 
 
-def test_environment_reaches_the_server_unchanged(area):
-    env = {
+def test_the_servers_environment_is_exactly_its_own(area):
+    environment = {
         "HOME": str(area / "home"),
         "PATH": "/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "API_KEY": "s3cret",
+        "QUOTED": "it's $(id) `id`\nline two",
     }
-    result = run(area, "import os, json; print(json.dumps(dict(os.environ)))", env=env)
+    result = run(
+        area, "import os, json; print(json.dumps(dict(os.environ)))", environment=environment
+    )
 
     assert result.returncode == 0, result.stderr
-    # bubblewrap adds PWD, the folder it starts the server in.
-    assert json.loads(result.stdout) == {**env, "PWD": str(area / "work")}
+    # Not a variable of the launcher's; bubblewrap and the shell add only PWD.
+    assert json.loads(result.stdout) == {**environment, "PWD": str(area / "work")}
+
+
+def test_no_root_process_ever_has_the_servers_environment(area):
+    marker = "credential-canary-5c1f"
+    profile = make_profile(area, {"PATH": "/usr/bin:/bin", "CANARY": marker})
+    process = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
+         sys.executable, "-c", "print('ready', flush=True); import time; time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert process.stdout.readline().strip() == "ready"
+    try:
+        holders = {}
+        for member in [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]:
+            with contextlib.suppress(psutil.Error):
+                if marker in member.environ().get("CANARY", ""):
+                    holders[member.pid] = member.uids().real
+    finally:
+        process.kill()
+        process.wait()
+
+    assert holders and set(holders.values()) == {UID}
 
 
 def test_exit_status_is_the_servers_own(area):
