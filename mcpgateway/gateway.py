@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -147,9 +148,13 @@ class Gateway:
 
         session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
         session = f"{deployment_id}:{session_id}" if session_id else None
-        opening = method == "POST" and not session_id and _opens_session(body)
+        # An initialize opens a session whatever headers come with it.
+        opening = method == "POST" and _opens_session(body)
+        reservation = f"{deployment_id}:reserved-{uuid.uuid4().hex}" if opening else None
         if self.limits.active:
-            over = await self.limits.admit(principal.token_id, info.owner_id, session, opening)
+            over = await self.limits.admit(
+                principal.token_id, info.owner_id, session, opening, reservation
+            )
             if over is not None:
                 raise Refusal(
                     429,
@@ -182,9 +187,11 @@ class Gateway:
             )
             if response is None:  # the client left before the bridge answered
                 self._finish_records(calls, started, 499, {}, disconnected=True)
+                if reservation is not None and self.limits.active:
+                    await self.limits.closed(info.owner_id, reservation)
                 return
             if self.limits.active:
-                await self._track_session(response, info, method, session, opening)
+                await self._track_session(response, info, method, session, reservation)
             await self._stream_back(response, request, receive, calls, started, watcher, principal)
         finally:
             if watcher is not None:
@@ -419,15 +426,18 @@ class Gateway:
         info = await access.deployment_info(principal.deployment_id)
         return info is not None and info.desired_state != DesiredState.STOPPED
 
-    async def _track_session(self, response, info, method, session, opening) -> None:
-        """Keep the per-user session count: opened by initialize, ended by DELETE or 404."""
-        if opening and response.status == 200:
-            issued = response.header(b"mcp-session-id")
+    async def _track_session(self, response, info, method, session, reservation) -> None:
+        """Keep the per-user session count: an initialize's slot becomes its session (or is
+        given back), a DELETE ends one. Not a 404: another principal presenting someone's
+        session id gets one too, and must not end it; unused sessions age out instead."""
+        if reservation is not None:
+            issued = response.header(b"mcp-session-id") if response.status == 200 else None
             if issued:
-                await self.limits.opened(info.owner_id, f"{info.id}:{issued.decode('latin-1')}")
-        elif session is not None and (
-            response.status == 404 or (method == "DELETE" and response.status < 300)
-        ):
+                key = f"{info.id}:{issued.decode('latin-1')}"
+                await self.limits.opened(info.owner_id, key, reservation)
+            else:
+                await self.limits.closed(info.owner_id, reservation)
+        elif session is not None and method == "DELETE" and response.status < 300:
             await self.limits.closed(info.owner_id, session)
 
     # --- call log ---------------------------------------------------------------------------

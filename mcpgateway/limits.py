@@ -24,6 +24,8 @@ from django.conf import settings
 logger = logging.getLogger("catwalk.gateway")
 
 WINDOW_SECONDS = 60
+# How long an initialize holds its session slot before the answer says whether it got one.
+RESERVATION_SECONDS = 30
 # JSON-RPC leaves -32000..-32099 to implementations; 429's digits make this one memorable.
 RATE_LIMITED = -32029
 KEY_PREFIX = "catwalk:limits"
@@ -63,12 +65,19 @@ class Limits:
         return bool(self.per_minute or self.sessions_per_user)
 
     async def admit(
-        self, token_id: int, owner_id: int, session: str | None, opening: bool
+        self,
+        token_id: int,
+        owner_id: int,
+        session: str | None,
+        opening: bool,
+        reservation: str | None = None,
     ) -> OverLimit | None:
         """Count this request; None when it may pass.
 
         `session` is "<deployment>:<session id>" of a request within a session (which keeps
-        that session alive); `opening` marks an initialize, which needs a free session slot.
+        that session alive); `opening` marks an initialize, which takes a session slot at once,
+        held under `reservation` until `opened` (the answer issued a session id) or `closed`
+        (it did not), so concurrent initializes cannot all slip under the quota.
         """
         if not self.active:
             return None
@@ -82,6 +91,9 @@ class Limits:
                 opening=opening,
                 now=now,
                 expires=now + self.session_ttl,
+                reservation=reservation or f"reserved:{time.monotonic_ns()}",
+                reserved_until=now + RESERVATION_SECONDS,
+                quota=self.sessions_per_user,
             )
         except Exception:
             logger.warning("limits unavailable; admitting the request", exc_info=True)
@@ -91,7 +103,7 @@ class Limits:
                 f"Too many requests: this token may make {self.per_minute} per minute.",
                 math.ceil((window + 1) * WINDOW_SECONDS - now),
             )
-        if opening and self.sessions_per_user and open_sessions >= self.sessions_per_user:
+        if opening and self.sessions_per_user and open_sessions > self.sessions_per_user:
             return OverLimit(
                 f"Too many open sessions: your account may hold {self.sessions_per_user} at once. "
                 "Close a session (HTTP DELETE) or wait for an idle one to expire.",
@@ -99,11 +111,11 @@ class Limits:
             )
         return None
 
-    async def opened(self, owner_id: int, session: str) -> None:
+    async def opened(self, owner_id: int, session: str, reservation: str | None = None) -> None:
+        """The answer to an initialize issued `session`: it replaces the slot's reservation."""
         if self.sessions_per_user:
-            await self._quietly(
-                self._store.opened(owner_id, session, time.time() + self.session_ttl)
-            )
+            expires = time.time() + self.session_ttl
+            await self._quietly(self._store.opened(owner_id, session, expires, reservation))
 
     async def closed(self, owner_id: int, session: str) -> None:
         if self.sessions_per_user:
@@ -121,11 +133,17 @@ class Limits:
 
 
 class _Store:
-    async def admit(self, *, token, owner, session, opening, now, expires):
-        """Returns (requests in this token's window, open sessions, earliest session expiry)."""
+    async def admit(
+        self, *, token, owner, session, opening, now, expires, reservation, reserved_until, quota
+    ):
+        """(requests in this token's window, open sessions, earliest session expiry).
+
+        When opening, the reservation is added first and counted among the open sessions, and
+        removed again when that count is over the quota.
+        """
         raise NotImplementedError
 
-    async def opened(self, owner: int, session: str, expires: float) -> None:
+    async def opened(self, owner: int, session: str, expires: float, reservation) -> None:
         raise NotImplementedError
 
     async def closed(self, owner: int, session: str) -> None:
@@ -143,7 +161,9 @@ class _MemoryStore(_Store):
         self._current_window: str = ""
         self._sessions: dict[int, dict[str, float]] = {}
 
-    async def admit(self, *, token, owner, session, opening, now, expires):
+    async def admit(
+        self, *, token, owner, session, opening, now, expires, reservation, reserved_until, quota
+    ):
         count = 0
         if token is not None:
             window = token.rpartition(":")[2]
@@ -159,12 +179,18 @@ class _MemoryStore(_Store):
             if opening:
                 for key in [k for k, expiry in sessions.items() if expiry <= now]:
                     del sessions[key]
-                open_sessions = len(sessions)
                 oldest = min(sessions.values(), default=None)
+                sessions[reservation] = reserved_until
+                self._sessions[owner] = sessions
+                open_sessions = len(sessions)
+                if open_sessions > quota:
+                    del sessions[reservation]
         return count, open_sessions, oldest
 
-    async def opened(self, owner: int, session: str, expires: float) -> None:
-        self._sessions.setdefault(owner, {})[session] = expires
+    async def opened(self, owner: int, session: str, expires: float, reservation) -> None:
+        sessions = self._sessions.setdefault(owner, {})
+        sessions.pop(reservation, None)
+        sessions[session] = expires
 
     async def closed(self, owner: int, session: str) -> None:
         self._sessions.get(owner, {}).pop(session, None)
@@ -197,7 +223,9 @@ class _RedisStore(_Store):
     def _sessions_key(owner: int) -> str:
         return f"{KEY_PREFIX}:sessions:{owner}"
 
-    async def admit(self, *, token, owner, session, opening, now, expires):
+    async def admit(
+        self, *, token, owner, session, opening, now, expires, reservation, reserved_until, quota
+    ):
         count = 0
         if token is not None:
             window = token.rpartition(":")[2]
@@ -213,12 +241,17 @@ class _RedisStore(_Store):
         open_sessions, oldest = 0, None
         if owner is not None and opening:
             key = self._sessions_key(owner)
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=True)  # one step for every process
             pipe.zremrangebyscore(key, "-inf", now)
-            pipe.zcard(key)
             pipe.zrange(key, 0, 0, withscores=True)
-            _, open_sessions, first = await pipe.execute()
+            pipe.zadd(key, {reservation: reserved_until})
+            pipe.zcard(key)
+            pipe.expireat(key, math.ceil(reserved_until), gt=True)
+            pipe.expireat(key, math.ceil(reserved_until), nx=True)
+            _, first, _, open_sessions, _, _ = await pipe.execute()
             oldest = first[0][1] if first else None
+            if open_sessions > quota:
+                await self._redis.zrem(key, reservation)
         return count, open_sessions, oldest
 
     async def _flush_soon(self) -> None:
@@ -241,15 +274,19 @@ class _RedisStore(_Store):
             pipe.incrby(key, increment)
             pipe.expire(key, 2 * WINDOW_SECONDS)
         for owner, sessions in touched.items():
-            pipe.zadd(self._sessions_key(owner), sessions, xx=True)
+            key = self._sessions_key(owner)
+            pipe.zadd(key, sessions, xx=True)
+            pipe.expireat(key, math.ceil(max(sessions.values())), gt=True)
         results = await pipe.execute()
-        for index, token in enumerate(pending):
+        for index, token in enumerate(pending):  # the token results come first
             if token.rpartition(":")[2] == self._window:
                 self._totals[token] = results[2 * index]
 
-    async def opened(self, owner: int, session: str, expires: float) -> None:
+    async def opened(self, owner: int, session: str, expires: float, reservation) -> None:
         key = self._sessions_key(owner)
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._redis.pipeline(transaction=True)
+        if reservation:
+            pipe.zrem(key, reservation)
         pipe.zadd(key, {session: expires})
         pipe.expireat(key, math.ceil(expires), gt=True)
         pipe.expireat(key, math.ceil(expires), nx=True)

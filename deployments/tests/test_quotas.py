@@ -220,6 +220,23 @@ async def test_open_sessions_per_user(owner, supervisor, settings, request, stor
         second = await initialize(client, deployment, token)
         third = await initialize(client, deployment, token)
         session = first.headers["mcp-session-id"]
+        disguised = await client.post(
+            f"/mcp/{deployment.id}",
+            json=INIT,
+            headers={**auth, "Mcp-Session-Id": "not-a-session"},
+        )
+        other_token = (await anyio.to_thread.run_sync(services.issue_token, deployment, "b"))[1]
+        # Someone else's 404 on this session must not free its slot.
+        await client.post(
+            f"/mcp/{deployment.id}",
+            json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"},
+            headers={
+                **HEADERS,
+                "Authorization": f"Bearer {other_token}",
+                "Mcp-Session-Id": session,
+            },
+        )
+        still_full = await initialize(client, deployment, token)
         within = await client.post(
             f"/mcp/{deployment.id}",
             json={"jsonrpc": "2.0", "id": 8, "method": "tools/list"},
@@ -231,10 +248,12 @@ async def test_open_sessions_per_user(owner, supervisor, settings, request, stor
         fourth = await initialize(client, deployment, token)
 
     assert [first.status_code, second.status_code] == [200, 200]
+    assert disguised.status_code == 429  # an initialize counts whatever session header it has
     # Retry-After: until the oldest session would expire unused.
     assert_429(
         third, "your account may hold 2 at once", settings.LOCAL_SESSION_IDLE_TIMEOUT_SECONDS
     )
+    assert still_full.status_code == 429
     assert within.status_code == 200  # sessions already open keep working at the quota
     assert closed.status_code == 204
     assert fourth.status_code == 200  # a closed session frees its slot

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 
+import anyio
 import pytest
 
 from mcpgateway.limits import Limits
@@ -60,17 +61,43 @@ async def test_sessions_are_counted_across_processes_and_freed_on_close(redis_ur
     first = limits(redis_url=redis_url, requests_per_minute=0, sessions_per_user=1)
     second = limits(redis_url=redis_url, requests_per_minute=0, sessions_per_user=1)
     try:
-        assert await first.admit(1, owner, None, True) is None
-        await first.opened(owner, "d:s1")
-        refused = await second.admit(1, owner, None, True)
+        assert await first.admit(1, owner, None, True, "d:r1") is None
+        await first.opened(owner, "d:s1", "d:r1")
+        refused = await second.admit(1, owner, None, True, "d:r2")
         await second.closed(owner, "d:s1")
-        admitted = await second.admit(1, owner, None, True)
+        admitted = await second.admit(1, owner, None, True, "d:r3")
     finally:
         await first.close()
         await second.close()
 
     assert refused is not None and "may hold 1 at once" in refused.message
     assert admitted is None
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_concurrent_initializes_cannot_all_slip_under_the_quota(store, request):
+    redis_url = request.getfixturevalue("redis_url") if store == "redis" else ""
+    owner = random.randrange(1 << 30)
+    gates = [
+        limits(redis_url=redis_url, requests_per_minute=0, sessions_per_user=2) for _ in range(2)
+    ]
+    try:
+        async with anyio.create_task_group() as group:
+            verdicts: list[bool] = []
+
+            async def initialize(gate: Limits, index: int) -> None:
+                verdict = await gate.admit(1, owner, None, True, f"d:r{index}")
+                verdicts.append(verdict is None)
+
+            for index in range(10):
+                # In memory each process counts its own: one process then, two with Redis.
+                gate = gates[index % 2] if store == "redis" else gates[0]
+                group.start_soon(initialize, gate, index)
+    finally:
+        for gate in gates:
+            await gate.close()
+
+    assert verdicts.count(True) == 2
 
 
 async def test_a_redis_outage_admits_and_is_logged(caplog):
