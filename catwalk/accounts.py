@@ -5,14 +5,10 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import UserCreationForm
 from django.core import signing
 from django.db import transaction
 from django.urls import reverse
-
-from deployments import audit
-from deployments.models import AuditAction
 
 CLAIM_SALT = "catwalk.claim-admin"
 CLAIM_VALUE = "first-admin"
@@ -68,19 +64,3 @@ def claim_admin(user) -> bool:
         User.objects.filter(pk=user.pk).update(is_staff=True, is_superuser=True)
     user.is_staff = user.is_superuser = True
     return True
-
-
-class AuditedPasswordChangeView(auth_views.PasswordChangeView):
-    def form_valid(self, form):
-        response = super().form_valid(form)
-        audit.record(AuditAction.PASSWORD_CHANGED, user=form.user, actor=form.user)
-        return response
-
-
-class AuditedPasswordResetConfirmView(auth_views.PasswordResetConfirmView):
-    def form_valid(self, form):
-        response = super().form_valid(form)
-        audit.record(
-            AuditAction.PASSWORD_CHANGED, user=form.user, actor=None, subject="by reset link"
-        )
-        return response

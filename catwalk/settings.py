@@ -19,7 +19,7 @@ from catwalk.config import SettingError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(config.read("CATWALK_DATA_DIR", str(BASE_DIR / "data"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, database, caches
 
 DEBUG = config.read_bool("DEBUG", default=True)
 TESTING = config.read_bool("CATWALK_TESTING", default=False)

@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
 from analysis import views as analysis_views
-from catwalk import accounts, views
+from catwalk import views
 from deployments import views as deployment_views
 
 FORM = "accounts/form.html"
@@ -32,9 +32,7 @@ account_patterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path(
         "accounts/password/change/",
-        accounts.AuditedPasswordChangeView.as_view(
-            **_form("Change your password", "Change password")
-        ),
+        auth_views.PasswordChangeView.as_view(**_form("Change your password", "Change password")),
         name="password_change",
     ),
     path(
@@ -64,7 +62,7 @@ account_patterns = [
     ),
     path(
         "accounts/password/reset/<uidb64>/<token>/",
-        accounts.AuditedPasswordResetConfirmView.as_view(
+        auth_views.PasswordResetConfirmView.as_view(
             **_form("Choose a new password", "Set password")
         ),
         name="password_reset_confirm",

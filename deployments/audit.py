@@ -13,7 +13,7 @@ from inspect import iscoroutinefunction
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
-from django.db.models.signals import post_delete, post_save, pre_delete
+from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
@@ -23,10 +23,7 @@ from deployments.models import AccessToken, AuditAction, AuditEvent, Credential,
 _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar(
     "catwalk_audit_request", default=None
 )
-# Deployments being deleted: their credentials go with them, which is no news of its own.
-_deleting: contextvars.ContextVar[frozenset] = contextvars.ContextVar(
-    "catwalk_audit_deleting", default=frozenset()
-)
+
 UNSET = object()
 
 
@@ -103,6 +100,23 @@ def _sign_in_failed(sender, credentials, request=None, **kwargs) -> None:
         record(AuditAction.SIGN_IN_FAILED, user=user, actor=None, request=request)
 
 
+@receiver(pre_save, sender=get_user_model())
+def _password_changing(sender, instance, **kwargs) -> None:
+    instance._audit_password_changed = (
+        instance.pk is not None
+        and sender.objects.filter(pk=instance.pk).exclude(password=instance.password).exists()
+    )
+
+
+@receiver(post_save, sender=get_user_model())
+def _password_changed(sender, instance, created: bool, **kwargs) -> None:
+    # Every way a password changes (the account pages, a reset link, the admin, changepassword)
+    # saves the user: recorded here, once.
+    if not created and getattr(instance, "_audit_password_changed", False):
+        instance._audit_password_changed = False
+        record(AuditAction.PASSWORD_CHANGED, user=instance)
+
+
 # --- Deployments, credentials, tokens ----------------------------------------------------------
 
 
@@ -117,14 +131,16 @@ def _deployment_saved(sender, instance: Deployment, created: bool, **kwargs) -> 
         )
 
 
-@receiver(pre_delete, sender=Deployment)
-def _deployment_deleting(sender, instance: Deployment, **kwargs) -> None:
-    _deleting.set(_deleting.get() | {instance.pk})
+def _deleted_as_part_of(origin, model) -> bool:
+    """Is this deletion the cascade of deleting something of `model` (a user, a deployment)?"""
+    target = getattr(origin, "model", type(origin))  # a queryset's model, or an instance's
+    return isinstance(target, type) and issubclass(target, model)
 
 
 @receiver(post_delete, sender=Deployment)
-def _deployment_deleted(sender, instance: Deployment, **kwargs) -> None:
-    _deleting.set(_deleting.get() - {instance.pk})
+def _deployment_deleted(sender, instance: Deployment, origin=None, **kwargs) -> None:
+    if _deleted_as_part_of(origin, get_user_model()):
+        return  # the account goes, and its log with it
     record(AuditAction.DEPLOYMENT_DELETED, user=instance.owner_id, subject=instance.name)
 
 
@@ -141,9 +157,9 @@ def _credential_saved(sender, instance: Credential, created: bool, **kwargs) -> 
 
 
 @receiver(post_delete, sender=Credential)
-def _credential_deleted(sender, instance: Credential, **kwargs) -> None:
-    if instance.deployment_id in _deleting.get():
-        return
+def _credential_deleted(sender, instance: Credential, origin=None, **kwargs) -> None:
+    if _deleted_as_part_of(origin, Deployment) or _deleted_as_part_of(origin, get_user_model()):
+        return  # gone with its deployment, which is recorded (or with the whole account)
     deployment = Deployment.objects.filter(pk=instance.deployment_id).first()
     if deployment is None:
         return
@@ -164,3 +180,19 @@ def _token_saved(sender, instance: AccessToken, created: bool, **kwargs) -> None
             deployment=instance.deployment,
             subject=describe_token(instance),
         )
+
+
+@receiver(post_delete, sender=AccessToken)
+def _token_deleted(sender, instance: AccessToken, origin=None, **kwargs) -> None:
+    # Deleting a live token revokes it; one deleted with its deployment or account is no news.
+    if instance.revoked_at is not None or not _deleted_as_part_of(origin, AccessToken):
+        return
+    deployment = Deployment.objects.filter(pk=instance.deployment_id).first()
+    if deployment is None:
+        return
+    record(
+        AuditAction.TOKEN_REVOKED,
+        user=deployment.owner_id,
+        deployment=deployment,
+        subject=f"{instance.label} ({instance.prefix}…) on {deployment.name}, deleted",
+    )

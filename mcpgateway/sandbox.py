@@ -88,6 +88,7 @@ ETC_ENTRIES = (
     "nsswitch.conf",
     "ssl",
 )
+PR_SET_PDEATHSIG = 1
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -177,6 +178,9 @@ def spawn(argv: list[str], *, keep: tuple[int, ...] = (), before_exec=None, quie
     if pid:
         return pid
     try:
+        # A group of its own: a signal for the launcher's group (the bridge stopping it) must
+        # reach the launcher alone, which passes it to the server and waits for it.
+        os.setpgid(0, 0)
         if quiet:
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
@@ -262,6 +266,18 @@ def prepare_writable_area(profile: Profile) -> dict[str, str]:
     for index, (shared, target) in enumerate(profile.caches):
         if not os.path.isdir(shared):
             continue
+        # The cache's parents inside a writable folder (~/.cache) must be the server's, or it
+        # could not create anything beside the cache there.
+        for name, folder_target in profile.binds.items():
+            if target.startswith(folder_target.rstrip("/") + "/"):
+                parent = os.path.join(profile.area, name)
+                for part in os.path.relpath(os.path.dirname(target), folder_target).split("/"):
+                    if part in ("", "."):
+                        continue
+                    parent = os.path.join(parent, part)
+                    if not os.path.isdir(parent):
+                        os.mkdir(parent, 0o755)
+                        os.chown(parent, profile.uid, profile.gid)
         layer = os.path.join(profile.area, f".cache-{index}")
         upper, work, merged = (os.path.join(layer, part) for part in ("upper", "work", "merged"))
         for folder in (upper, work, merged):
@@ -661,6 +677,7 @@ class Launcher:
         self.slirp: int | None = None
         self.inner_pid: int | None = None
         self.stopping = False
+        self.kill_at = 0.0
 
     def run(self) -> int:
         try:
@@ -735,6 +752,9 @@ class Launcher:
                 self.cgroups.kill_all()
                 say(f"stopped: {reason}")
                 return LIMIT_EXIT_STATUS
+            if self.stopping and time.monotonic() > self.kill_at:
+                self.cgroups.kill_all()  # asked to stop, and the server did not in time
+                os.kill(self.sandbox, signal.SIGKILL)
 
     def _breach(self, baseline: tuple[int, int]) -> str | None:
         profile = self.profile
@@ -748,7 +768,9 @@ class Launcher:
         return None
 
     def _forward(self, sig: int, _frame: object) -> None:
-        self.stopping = True
+        if not self.stopping:
+            self.stopping = True
+            self.kill_at = time.monotonic() + STOP_GRACE_SECONDS
         if self.inner_pid is None:
             if self.sandbox is not None:
                 os.kill(self.sandbox, signal.SIGKILL)
@@ -786,6 +808,11 @@ def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[0] != "--profile" or argv[2] != "--":
         print(USAGE, file=sys.stderr)
         return 2
+    # If the bridge dies, stop as if told to: the server gets SIGTERM, then everything goes.
+    parent = os.getppid()
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        return SETUP_EXIT_STATUS
     try:
         if os.geteuid() != 0:
             raise SetupError("the sandbox launcher must run as root to give the server its own uid")

@@ -256,7 +256,9 @@ def warm_shared_cache(registry: str, name: str, version: str) -> None:
     check = sandbox.check()
     if not check.enabled:
         raise sandbox.SandboxUnavailable(sandbox.refusal(check.problem))
-    root = cache_root()
+    # Private, so no one on the host can reach the caches that every deployment's uid may write
+    # through its overlay (their files are opened to all uids below).
+    root = ensure_private_dir(cache_root())
     shared = {name_: root / name_ for name_ in SANDBOX_CACHES}
     for folder in shared.values():
         folder.mkdir(parents=True, exist_ok=True)

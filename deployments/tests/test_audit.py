@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from catwalk.testing import PASSWORD, make_credential, make_deployment, make_token, make_user
 from deployments import services
-from deployments.models import AuditAction, AuditEvent, DesiredState
+from deployments.models import AuditAction, AuditEvent, Deployment, DesiredState
 
 pytestmark = pytest.mark.django_db
 
@@ -194,3 +194,36 @@ def test_an_admin_stopping_a_deployment_goes_through_the_audited_path(owner):
     assert deployment.desired_state == DesiredState.STOPPED
     stopped = AuditEvent.objects.get(action=AuditAction.DEPLOYMENT_STOPPED)
     assert stopped.actor == admin_user and stopped.user == owner
+
+
+def test_deleting_an_account_with_deployments_works_and_records_nothing_dangling(owner):
+    deployment = make_deployment(owner, "api")
+    make_credential(deployment, "API_KEY", "k")
+    make_token(deployment, "laptop")
+
+    owner.delete()
+
+    assert not AuditEvent.objects.filter(user_id=owner.pk).exists()
+    assert not Deployment.objects.filter(pk=deployment.pk).exists()
+
+
+def test_deleting_a_live_token_is_recorded_as_a_revocation(owner):
+    token, _ = make_token(make_deployment(owner, "api"), "laptop")
+    revoked, _ = make_token(token.deployment, "old")
+    revoked.revoke()
+
+    token.delete()
+    revoked.delete()
+
+    events = AuditEvent.objects.filter(action=AuditAction.TOKEN_REVOKED).order_by("id")
+    assert [event.subject.split(" ")[0] for event in events] == ["old", "laptop"]
+    assert events.last().subject.endswith("deleted")
+
+
+def test_a_password_set_any_other_way_is_recorded_too(owner):
+    owner.set_password("changed-by-the-operator-99")
+    owner.save()
+    owner.first_name = "Ada"
+    owner.save()  # no password change: nothing
+
+    assert actions(owner) == [AuditAction.PASSWORD_CHANGED]

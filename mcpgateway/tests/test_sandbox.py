@@ -336,12 +336,13 @@ def test_sigterm_reaches_the_server_and_nothing_survives(area):
     process = subprocess.Popen(
         [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
          sys.executable, "-c", program],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={"HOME": str(area / "home"), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert process.stdout.readline().strip() == "ready"
 
-    process.send_signal(signal.SIGTERM)
+    # As the bridge stops its child: SIGTERM to the launcher's whole process group.
+    os.killpg(process.pid, signal.SIGTERM)
     output, _ = process.communicate(timeout=20)
 
     assert "got SIGTERM" in output
@@ -439,3 +440,58 @@ def test_rlimits_and_cgroup_limits_are_those_of_the_profile(area):
     assert int(opened) < 128 and error == "OSError"
     if os.access(cgroups / "cpu", os.W_OK):
         assert limits == {"cpu": "50000", "memory": str(192 << 20), "pids": "48"}
+
+
+def test_a_launcher_whose_bridge_dies_stops_its_server(area):
+    profile = make_profile(area)
+    launcher = [
+        sys.executable,
+        "-I",
+        "-S",
+        str(LAUNCHER),
+        "--profile",
+        str(profile),
+        "--",
+        sys.executable,
+        "-c",
+        "print('ready', flush=True); import time; time.sleep(300)",
+    ]
+    # A stand-in bridge: starts the launcher, reports its pid, then dies.
+    bridge = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import subprocess, sys
+            child = subprocess.Popen({launcher!r}, stdout=subprocess.PIPE, text=True,
+                                     env={{"PATH": "/usr/bin:/bin"}})
+            print(child.pid, child.stdout.readline().strip(), flush=True)
+         """)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pid, ready = bridge.stdout.readline().split()
+    bridge.wait()
+
+    assert ready == "ready"
+    deadline = time.monotonic() + 15
+    while (
+        psutil.pid_exists(int(pid))
+        or subprocess.run(["pgrep", "-u", str(UID)], capture_output=True).returncode == 0
+    ):
+        assert time.monotonic() < deadline, "the launcher or its server outlived the bridge"
+        time.sleep(0.1)
+
+
+def test_a_layered_cache_leaves_its_parent_folder_writable(area):
+    shared = area / "shared-cache"
+    (shared / "wheels").mkdir(parents=True)
+    home = str(area / "home")
+    result = run(
+        area,
+        f"""
+        import os
+        os.makedirs("{home}/.cache/pip")
+        print(sorted(os.listdir("{home}/.cache")), os.listdir("{home}/.cache/uv"))
+        """,
+        caches=[{"shared": str(shared), "target": f"{home}/.cache/uv"}],
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['pip', 'uv'] ['wheels']"
