@@ -316,7 +316,7 @@ LOCAL_SESSION_IDLE_TIMEOUT_SECONDS = config.read_int(
 # own user with nothing between them and the host.
 UNSAFE_NO_SANDBOX = config.read_bool("CATWALK_UNSAFE_NO_SANDBOX", default=False)
 # Each deployment runs as its own uid, allocated upwards from here (never root, never Catwalk's).
-SANDBOX_UID_BASE = config.read_int("SANDBOX_UID_BASE", 200_000, minimum=1000)
+SANDBOX_UID_BASE = config.read_int("SANDBOX_UID_BASE", 200_000, minimum=10_000)
 # Limits per deployment (per session process in isolated mode): memory (cgroup), CPU in cores
 # (cgroup), processes of its uid (cgroup and rlimit), open files, and its writable folders
 # (home, work, /tmp), a tmpfs that lives as long as the process.

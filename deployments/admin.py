@@ -175,15 +175,20 @@ class DeploymentAdmin(OwnedAdmin):
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request, obj, form, change):
-        """A changed desired state goes through set_desired_state: event, audit log, runtime."""
-        if not change or "desired_state" not in form.changed_data:
+        """Saves only the fields the form changed, so a status the supervisor wrote meanwhile
+        survives; a changed desired state goes through set_desired_state (event, audit log,
+        runtime)."""
+        if not change:
             super().save_model(request, obj, form, change)
             return
-        desired = obj.desired_state
-        obj.desired_state = form.initial["desired_state"]
-        super().save_model(request, obj, form, change)
-        obj.set_desired_state(desired, actor=request.user)
-        transaction.on_commit(lambda: get_runtime(obj.runtime).apply(obj))
+        fields = [name for name in form.changed_data if name != "desired_state"]
+        if fields:
+            obj.save(update_fields=[*fields, "updated_at"])
+        if "desired_state" in form.changed_data:
+            desired = obj.desired_state
+            obj.desired_state = form.initial["desired_state"]
+            obj.set_desired_state(desired, actor=request.user)
+            transaction.on_commit(lambda: get_runtime(obj.runtime).apply(obj))
 
 
 @admin.register(ToolCall)

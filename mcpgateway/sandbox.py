@@ -414,6 +414,7 @@ class Cgroups:
         self.folders: dict[str, str] = {}
         root = profile.cgroup_root
         self.v2 = os.path.exists(os.path.join(root, "cgroup.controllers"))
+        self.applied: set[str] = set()  # controllers whose limits were written
         relative = os.path.join("catwalk", profile.name, str(os.getpid()))
         if self.v2:
             self.candidates = {"all": (root, os.path.join(root, relative))}
@@ -447,6 +448,8 @@ class Cgroups:
                 continue
             try:
                 os.makedirs(folder, exist_ok=True)
+                if self.v2:
+                    self._delegate_v2(base, folder)
             except OSError:
                 continue
             self.folders[controller] = folder
@@ -455,6 +458,27 @@ class Cgroups:
                 if os.path.exists(path):
                     with open(path, "w") as handle:
                         handle.write(str(value))
+                    self.applied.add(name.partition(".")[0])
+        missing = [c for c in ("memory", "cpu", "pids") if c not in self.applied]
+        if missing:
+            fallback = " (memory as RLIMIT_DATA)" if "memory" in missing else ""
+            say(f"warning: no {', '.join(missing)} cgroup here; limits by rlimits only{fallback}")
+
+    def _delegate_v2(self, root: str, leaf: str) -> None:
+        """cgroup v2: enable memory, cpu and pids for the children of every level down to ours."""
+        with open(os.path.join(root, "cgroup.controllers")) as handle:
+            available = set(handle.read().split()) & {"memory", "cpu", "pids"}
+        if not available:
+            return
+        enable = " ".join(f"+{name}" for name in sorted(available))
+        level = root
+        for part in os.path.relpath(os.path.dirname(leaf), root).split("/"):
+            control = os.path.join(level, "cgroup.subtree_control")
+            with open(control, "w") as handle:
+                handle.write(enable)
+            level = os.path.join(level, part)
+        with open(os.path.join(level, "cgroup.subtree_control"), "w") as handle:
+            handle.write(enable)
 
     def _remove_stale(self) -> None:
         """Empty cgroups of earlier launches of this deployment, killed before cleaning up."""
@@ -529,12 +553,14 @@ class Cgroups:
                     break
 
 
-def set_rlimits(profile: Profile) -> None:
+def set_rlimits(profile: Profile, memory_cgroup: bool = True) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (profile.open_files, profile.open_files))
     # Per uid, and the uid is this deployment's own: its processes, all launches together.
     resource.setrlimit(resource.RLIMIT_NPROC, (profile.uid_processes, profile.uid_processes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (profile.area_bytes, profile.area_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if not memory_cgroup:  # a coarser stand-in: the private writable memory of each process
+        resource.setrlimit(resource.RLIMIT_DATA, (profile.memory_bytes, profile.memory_bytes))
 
 
 # --- Network --------------------------------------------------------------------------------
@@ -697,7 +723,7 @@ class Launcher:
 
         def in_child() -> None:
             self.cgroups.join()
-            set_rlimits(profile)
+            set_rlimits(profile, memory_cgroup="memory" in self.cgroups.applied)
             # The network namespace is made here rather than by bubblewrap, whose own loopback
             # set-up fails now and then when sandboxes start side by side; and made first, so
             # its firewall and slirp4netns are set up while bubblewrap builds the rest.
@@ -747,7 +773,9 @@ class Launcher:
                 if reason is not None and not self.stopping:
                     say(f"stopped: {reason}")
                     return LIMIT_EXIT_STATUS
-                return exit_status(status)
+                status = exit_status(status)
+                # The server's own 125 or 126 must not pass for the launcher's verdicts.
+                return 1 if status in (LIMIT_EXIT_STATUS, SETUP_EXIT_STATUS) else status
             if reason is not None:
                 self.cgroups.kill_all()
                 say(f"stopped: {reason}")

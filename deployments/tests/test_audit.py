@@ -161,11 +161,8 @@ def test_the_admin_shows_the_log_read_only_and_records_its_own_actions(owner):
     assert add.status_code == 403
 
 
-def test_an_admin_stopping_a_deployment_goes_through_the_audited_path(owner):
-    admin_user = make_user("root", is_staff=True, is_superuser=True)
-    client = Client()
-    client.force_login(admin_user)
-    deployment = make_deployment(owner, "api")
+def admin_change(client: Client, deployment, **changes):
+    """Post the deployment's admin change form with `changes` applied."""
     url = reverse("admin:deployments_deployment_change", args=[deployment.pk])
     form = client.get(url).context["adminform"].form
     data = {
@@ -175,8 +172,7 @@ def test_an_admin_stopping_a_deployment_goes_through_the_audited_path(owner):
     }
     data.update(
         {
-            "owner": owner.pk,
-            "desired_state": DesiredState.STOPPED,
+            "owner": deployment.owner_id,
             "entry_args": "[]",
             "runtime_settings": "{}",
             "allowed_origins": "[]",
@@ -184,10 +180,25 @@ def test_an_admin_stopping_a_deployment_goes_through_the_audited_path(owner):
             "credentials-INITIAL_FORMS": 0,
             "access_tokens-TOTAL_FORMS": 0,
             "access_tokens-INITIAL_FORMS": 0,
+            **changes,
         }
     )
+    return client.post(url, data)
 
-    response = client.post(url, data)
+
+@pytest.fixture
+def admin_client_() -> tuple[Client, object]:
+    admin_user = make_user("root", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(admin_user)
+    return client, admin_user
+
+
+def test_an_admin_stopping_a_deployment_goes_through_the_audited_path(owner, admin_client_):
+    client, admin_user = admin_client_
+    deployment = make_deployment(owner, "api")
+
+    response = admin_change(client, deployment, desired_state=DesiredState.STOPPED)
 
     assert response.status_code == 302, response.context["adminform"].form.errors
     deployment.refresh_from_db()

@@ -495,3 +495,26 @@ def test_a_layered_cache_leaves_its_parent_folder_writable(area):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['pip', 'uv'] ['wheels']"
+
+
+def test_without_cgroups_it_says_so_and_memory_falls_back_to_an_rlimit(area):
+    no_cgroups = area / "no-cgroups"
+    no_cgroups.mkdir()
+    result = run(
+        area,
+        """
+        import resource
+        print(resource.getrlimit(resource.RLIMIT_DATA))
+        x = bytearray(300 << 20)
+        """,
+        cgroup_root=str(no_cgroups),
+    )
+
+    assert "warning: no memory, cpu, pids cgroup here" in result.stderr
+    assert f"({192 << 20}, {192 << 20})" in result.stdout
+    assert result.returncode != 0 and "MemoryError" in result.stderr
+
+
+def test_a_server_exiting_with_the_launchers_own_statuses_does_not_pass_for_them(area):
+    assert run(area, "raise SystemExit(125)").returncode == 1
+    assert run(area, "raise SystemExit(126)").returncode == 1
