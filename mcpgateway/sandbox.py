@@ -397,7 +397,7 @@ def bwrap_arguments(
         # descriptor that is closed before the server runs: no root process ever has it.
         "/bin/sh",
         "-c",
-        f'set -a; eval "$(/usr/bin/cat <&{env_fd})"; set +a; exec {env_fd}<&-; exec "$@"',
+        f'set -a; . /dev/fd/{env_fd}; set +a; exec {env_fd}<&-; exec "$@"',
         "sh",
     ]
     return args
@@ -715,6 +715,9 @@ class Launcher:
         profile = self.profile
         # First, while low descriptors are still free.
         env_fd = _single_digit(os.open(profile.environment_file, os.O_RDONLY | os.O_NOFOLLOW))
+        # The server's uid reads it through /dev/fd (a reopen, so the file must be its own; the
+        # folder it lies in stays closed to it).
+        os.fchown(env_fd, profile.uid, profile.gid)
         binds = prepare_writable_area(profile)
         self.cgroups.create()
         info_read, info_write = os.pipe()
