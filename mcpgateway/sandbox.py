@@ -446,19 +446,27 @@ class Cgroups:
         for controller, (base, folder) in self.candidates.items():
             if not os.access(base, os.W_OK):
                 continue
-            try:
-                os.makedirs(folder, exist_ok=True)
-                if self.v2:
-                    self._delegate_v2(base, folder)
-            except OSError:
-                continue
-            self.folders[controller] = folder
-            for name, value in limits[controller]:
-                path = os.path.join(folder, name)
-                if os.path.exists(path):
-                    with open(path, "w") as handle:
-                        handle.write(str(value))
-                    self.applied.add(name.partition(".")[0])
+            # Another launch of this deployment that is ending may remove the shared parent
+            # folders between our steps: start over then.
+            for _ in range(5):
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                    if self.v2:
+                        self._delegate_v2(base, folder)
+                    applied = set()
+                    for name, value in limits[controller]:
+                        path = os.path.join(folder, name)
+                        if os.path.exists(path):
+                            with open(path, "w") as handle:
+                                handle.write(str(value))
+                            applied.add(name.partition(".")[0])
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    break
+                self.folders[controller] = folder
+                self.applied |= applied
+                break
         missing = [c for c in ("memory", "cpu", "pids") if c not in self.applied]
         if missing:
             fallback = " (memory as RLIMIT_DATA)" if "memory" in missing else ""
