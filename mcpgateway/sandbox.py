@@ -622,12 +622,9 @@ def start_firewall(profile: Profile, pid: int) -> int:
         os.close(netns)
 
 
-# Write ends of slirp4netns' exit pipes: held until the launcher exits.
-_keep_open: list[int] = []
-
-
-def start_slirp(profile: Profile, pid: int) -> tuple[int, int]:
-    """slirp4netns for the namespace; returns its pid and the fd that says when it is ready."""
+def start_slirp(profile: Profile, pid: int) -> tuple[int, int, int]:
+    """slirp4netns for the namespace: its pid, the fd that says when it is ready, and the fd to
+    hold open for as long as it should live."""
     ready_read, ready_write = os.pipe()
     # slirp4netns exits when this pipe closes: when the launcher exits, however it dies.
     exit_read, exit_write = os.pipe()
@@ -650,11 +647,10 @@ def start_slirp(profile: Profile, pid: int) -> tuple[int, int]:
     )
     os.close(ready_write)
     os.close(exit_read)
-    _keep_open.append(exit_write)
-    return slirp, ready_read
+    return slirp, ready_read, exit_write
 
 
-def wait_ready(slirp: int, ready_read: int) -> None:
+def wait_ready(ready_read: int) -> None:
     try:
         readable, _, _ = select.select([ready_read], [], [], SLIRP_READY_TIMEOUT_SECONDS)
         if not readable or os.read(ready_read, 1) != b"1":
@@ -688,14 +684,10 @@ def read_child_pid(fd: int) -> int:
         if not chunk:
             raise SetupError("bubblewrap exited before the sandbox was ready")
         data += chunk
-    # {"child-pid": N, ...}
-    rest = data.partition(b'"child-pid":')[2].lstrip()
-    end = 0
-    while end < len(rest) and rest[end : end + 1].isdigit():
-        end += 1
-    if not end:
-        raise SetupError(f"unexpected bubblewrap info: {data[:200]!r}")
-    return int(rest[:end])
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        raise SetupError(f"unexpected bubblewrap info: {data[:200]!r}") from None
 
 
 def _megabytes(count: int) -> str:
@@ -709,6 +701,7 @@ class Launcher:
         self.cgroups = Cgroups(profile)
         self.sandbox: int | None = None
         self.slirp: int | None = None
+        self.slirp_lifeline: int | None = None  # slirp4netns exits when this closes
         self.inner_pid: int | None = None
         self.stopping = False
         self.kill_at = 0.0
@@ -756,11 +749,11 @@ class Launcher:
             if os.read(net_read, 1) != b"1":
                 raise SetupError("the network namespace could not be made")
             firewall = start_firewall(profile, self.sandbox)
-            self.slirp, ready = start_slirp(profile, self.sandbox)
+            self.slirp, ready, self.slirp_lifeline = start_slirp(profile, self.sandbox)
             self.inner_pid = read_child_pid(info_read)
             if exit_status(os.waitpid(firewall, 0)[1]) != 0:
                 raise SetupError("the firewall rules could not be loaded")
-            wait_ready(self.slirp, ready)
+            wait_ready(ready)
         except (SetupError, OSError) as exc:
             if os.waitpid(self.sandbox, os.WNOHANG)[0]:
                 self.sandbox = None
@@ -775,12 +768,11 @@ class Launcher:
         os.close(block_write)
         while True:
             select.select([exited], [], [], WATCH_INTERVAL_SECONDS)
+            # Exited first, then the counters: a server the OOM killer ended is seen as such.
             pid, status = os.waitpid(self.sandbox, os.WNOHANG)
             reason = self._breach(baseline)
             if pid:
                 self.sandbox = None
-                # A server the OOM killer ended may exit before the counter is read above.
-                reason = reason or self._breach(baseline)
                 if reason is not None and not self.stopping:
                     say(f"stopped: {reason}")
                     return LIMIT_EXIT_STATUS
@@ -794,6 +786,7 @@ class Launcher:
             if self.stopping and time.monotonic() > self.kill_at:
                 self.cgroups.kill_all()  # asked to stop, and the server did not in time
                 os.kill(self.sandbox, signal.SIGKILL)
+                self.kill_at = float("inf")
 
     def _breach(self, baseline: tuple[int, int]) -> str | None:
         profile = self.profile
