@@ -85,13 +85,13 @@ def _profile(folder: Path, *, cpu_capped: bool = True) -> Path:
     from django.conf import settings
 
     from deployments.runtimes import sandbox
-    from deployments.runtimes.local import SANDBOX_HOME, SANDBOX_WORK
+    from deployments.runtimes.local import SANDBOX_BINDS, SANDBOX_HOME
 
     data = sandbox.profile(
         name="bench",
         uid=settings.SANDBOX_UID_BASE + 999_999,
         area=folder / "area",
-        binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
+        binds=SANDBOX_BINDS,
         caches={},
         environment_file=folder / "env",
     )

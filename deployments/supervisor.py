@@ -478,8 +478,7 @@ class Supervisor:
             log.error("%s (%s): %s", row["name"], row["id"], exc)
             self._move(row, Status.FAILED, str(exc))
             return
-        paths = local.run_paths(deployment.id)
-        paths.prepare()
+        paths = local.run_paths(deployment.id)  # prepared by launch_spec
         self._clean_files(paths)
         try:
             with open(paths.bridge_log, "ab") as output:

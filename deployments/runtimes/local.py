@@ -214,6 +214,8 @@ def _tool_path() -> str:
 # unrelated to Catwalk's own paths.
 SANDBOX_HOME = "/home/server"
 SANDBOX_WORK = "/srv/server"
+# The sandbox's writable folders (launcher profile's `binds`), all on its own tmpfs.
+SANDBOX_BINDS = {"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"}  # noqa: S108
 # Package cache -> where a sandboxed server finds it (its own layer over the shared one).
 SANDBOX_CACHES = {"npm": f"{SANDBOX_HOME}/.npm", "uv": f"{SANDBOX_HOME}/.cache/uv"}
 
@@ -284,41 +286,26 @@ def warm_shared_cache(registry: str, name: str, version: str) -> None:
             "/tmp/warm",  # noqa: S108 - the sandbox's own /tmp
             f"{name}=={version}" if version else name,
         ]
-    environment = {
-        "PATH": _tool_path(),
-        "HOME": SANDBOX_HOME,
-        "LANG": "C.UTF-8",
-        "TMPDIR": "/tmp",  # noqa: S108
-        "npm_config_cache": SANDBOX_CACHES["npm"],
-        "npm_config_ignore_scripts": "true",
-        "npm_config_update_notifier": "false",
-        "npm_config_fund": "false",
-        "npm_config_audit": "false",
-        "UV_CACHE_DIR": SANDBOX_CACHES["uv"],
-        "UV_PYTHON": sys.executable,
-    }
-    for variable in settings.LOCAL_PASSTHROUGH_ENV:
-        if variable in os.environ:
-            environment[variable] = os.environ[variable]
+    environment = {**sandboxed_package_environment(), "npm_config_ignore_scripts": "true"}
     with tempfile.TemporaryDirectory(prefix="warm-", dir=ensure_private_dir(run_root())) as folder:
-        profile_path, environment_path = Path(folder) / "sandbox.json", Path(folder) / "env"
-        sandbox.write_environment(environment_path, environment)
-        profile = sandbox.profile(
+        sandboxed = sandbox.prepare(
+            command,
+            environment=environment,
+            environment_file=Path(folder) / "env",
+            profile_file=Path(folder) / "sandbox.json",
             name="warm-cache",
             uid=settings.SANDBOX_UID_BASE - 1,
             area=Path(folder) / "sandbox",
-            binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
+            binds=SANDBOX_BINDS,
             caches={},
-            environment_file=environment_path,
             shared_writable={str(shared[n]): target for n, target in SANDBOX_CACHES.items()},
         )
-        sandbox.write_profile(profile_path, profile)
         for folder_ in shared.values():
             _open_to_all(folder_)
         try:
             result = subprocess.run(
-                sandbox.wrap(command, profile_path),
-                env={"PATH": os.pathsep.join(SYSTEM_PATH), "LANG": "C.UTF-8"},
+                sandboxed,
+                env=sandbox.ROOT_ENVIRONMENT,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -352,6 +339,39 @@ def _open_to_all(folder: Path) -> None:
                 os.chmod(file, 0o777 if mode & 0o111 else 0o666)
 
 
+def package_environment(*, home: str, tmp: str, npm_cache: str, uv_cache: str) -> dict[str, str]:
+    """What an MCP server or a package download runs with, before any credential: a PATH with
+    npx and uvx, its folders and package caches, and the host's TLS and proxy settings."""
+    environment = {
+        "PATH": _tool_path(),
+        "HOME": home,
+        "TMPDIR": tmp,
+        "LANG": "C.UTF-8",
+        "npm_config_cache": npm_cache,
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+        "UV_CACHE_DIR": uv_cache,
+        # uvx builds servers' environments with this interpreter, which `warm_cache` caches
+        # wheels for (uv would otherwise pick whichever Python it finds first).
+        "UV_PYTHON": sys.executable,
+    }
+    for name in settings.LOCAL_PASSTHROUGH_ENV:
+        if name in os.environ:
+            environment[name] = os.environ[name]
+    return environment
+
+
+def sandboxed_package_environment() -> dict[str, str]:
+    """`package_environment` inside the sandbox: its own home, /tmp and cache layers."""
+    return package_environment(
+        home=SANDBOX_HOME,
+        tmp="/tmp",  # noqa: S108 - the sandbox's own
+        npm_cache=SANDBOX_CACHES["npm"],
+        uv_cache=SANDBOX_CACHES["uv"],
+    )
+
+
 def child_environment(
     deployment: Deployment, paths: RunPaths, *, sandboxed: bool = False
 ) -> dict[str, str]:
@@ -364,25 +384,15 @@ def child_environment(
     caches are the deployment's own, layered over the shared ones (read-only); unsandboxed they
     are the shared ones.
     """
-    caches = SANDBOX_CACHES if sandboxed else {}
-    environment = {
-        "PATH": _tool_path(),
-        "HOME": SANDBOX_HOME if sandboxed else str(paths.home),
-        # The sandbox has a private /tmp of its own.
-        "TMPDIR": "/tmp" if sandboxed else str(paths.tmp),  # noqa: S108
-        "LANG": "C.UTF-8",
-        "npm_config_cache": caches.get("npm", str(cache_root() / "npm")),
-        "npm_config_update_notifier": "false",
-        "npm_config_fund": "false",
-        "npm_config_audit": "false",
-        "UV_CACHE_DIR": caches.get("uv", str(cache_root() / "uv")),
-        # uvx builds servers' environments with this interpreter, which `warm_cache` caches
-        # wheels for (uv would otherwise pick whichever Python it finds first).
-        "UV_PYTHON": sys.executable,
-    }
-    for name in settings.LOCAL_PASSTHROUGH_ENV:
-        if name in os.environ:
-            environment[name] = os.environ[name]
+    if sandboxed:
+        environment = sandboxed_package_environment()
+    else:
+        environment = package_environment(
+            home=str(paths.home),
+            tmp=str(paths.tmp),
+            npm_cache=str(cache_root() / "npm"),
+            uv_cache=str(cache_root() / "uv"),
+        )
     for name, value in deployment.credential_environment().items():
         # The bridge consumes (and strips) its own CATWALK_BRIDGE_* variables.
         if not name.startswith("CATWALK_BRIDGE_"):
@@ -432,35 +442,35 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
     check = sandbox.check()
     if not check.may_start:
         raise sandbox.SandboxUnavailable(sandbox.refusal(check.problem))
+    paths.prepare()
     environment = child_environment(deployment, paths, sandboxed=check.enabled)
     fatal: list[str] = []
     if check.enabled:
-        paths.prepare()
         # The credentials never enter a root process's environment: the bridge and the launcher
-        # run with a fixed one, and the launcher hands this file to the server's uid.
-        sandbox.write_environment(paths.sandbox_environment, environment)
-        profile = sandbox.profile(
+        # run with a fixed one, and the launcher hands the server's to the server's uid.
+        server = sandbox.prepare(
+            server,
+            environment=environment,
+            environment_file=paths.sandbox_environment,
+            profile_file=paths.sandbox_profile,
             name=str(deployment.id),
             uid=deployment.ensure_sandbox_uid(),
             area=paths.sandbox_area,
-            binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},  # noqa: S108
+            binds=SANDBOX_BINDS,
             caches=shared_caches(),
-            environment_file=paths.sandbox_environment,
             launches=(
                 session_settings(deployment)[0]
                 if deployment.process_model == ProcessModel.ISOLATED
                 else 1
             ),
         )
-        sandbox.write_profile(paths.sandbox_profile, profile)
-        server = sandbox.wrap(server, paths.sandbox_profile)
         fatal = [
             "--fatal-exit-status",
             str(sandbox.LIMIT_EXIT_STATUS),
             "--fatal-exit-status",
             str(sandbox.SETUP_EXIT_STATUS),
         ]
-        environment = {"PATH": os.pathsep.join(SYSTEM_PATH), "LANG": "C.UTF-8"}
+        environment = sandbox.ROOT_ENVIRONMENT
     argv = [
         sys.executable,
         # No PYTHON* variable or user site: the bridge runs as root.

@@ -34,6 +34,9 @@ LAUNCHER = Path(settings.BASE_DIR) / "mcpgateway" / "sandbox.py"
 # limit, and a sandbox that could not be built. The bridge restarts neither.
 LIMIT_EXIT_STATUS = 125
 SETUP_EXIT_STATUS = 126
+# All the environment root processes get (the bridge, the launcher and its helpers): a server's
+# own variables reach only the server (`write_environment`).
+ROOT_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 # How the launcher's line saying which limit was blown begins, in the server's stderr.
 LIMIT_MESSAGE_PREFIX = "catwalk-sandbox: stopped: "
 
@@ -198,3 +201,18 @@ def wrap(command: list[str], profile_path: Path) -> list[str]:
     """The command the bridge runs: the launcher, then the server's own command."""
     launcher = [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile_path)]
     return [*launcher, "--", *command]
+
+
+def prepare(
+    command: list[str],
+    *,
+    environment: dict[str, str],
+    environment_file: Path,
+    profile_file: Path,
+    **profile_options,
+) -> list[str]:
+    """Write the server's environment and the launcher's profile (`profile`'s options); returns
+    the command that runs `command` in the sandbox."""
+    write_environment(environment_file, environment)
+    write_profile(profile_file, profile(environment_file=environment_file, **profile_options))
+    return wrap(command, profile_file)

@@ -14,12 +14,10 @@ from django.core.management import CommandError, call_command
 
 from deployments.runtimes import sandbox
 from deployments.runtimes.local import (
-    SANDBOX_CACHES,
-    SANDBOX_HOME,
-    SANDBOX_WORK,
+    SANDBOX_BINDS,
     SHARED_CACHE_MARKER,
-    _tool_path,
     cache_root,
+    sandboxed_package_environment,
     shared_caches,
 )
 
@@ -59,34 +57,23 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 def start_offline(folder: Path, command: list[str], extra_env: dict[str, str]) -> dict:
     """Start a server sandboxed over the shared caches, offline; its answer to initialize."""
-    profile_path, environment_path = folder / "sandbox.json", folder / "env"
-    sandbox.write_environment(
-        environment_path,
-        {
-            "PATH": _tool_path(),
-            "HOME": SANDBOX_HOME,
-            "LANG": "C.UTF-8",
-            "npm_config_cache": SANDBOX_CACHES["npm"],
-            "UV_CACHE_DIR": SANDBOX_CACHES["uv"],
-            "UV_PYTHON": sys.executable,
-            **extra_env,
-        },
-    )
-    profile = sandbox.profile(
+    sandboxed = sandbox.prepare(
+        command,
+        environment={**sandboxed_package_environment(), **extra_env},
+        environment_file=folder / "env",
+        profile_file=folder / "sandbox.json",
         name="warm-test",
         uid=299_000,
         area=folder / "area",
-        binds={"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"},
+        binds=SANDBOX_BINDS,
         caches=shared_caches(),
-        environment_file=environment_path,
     )
-    sandbox.write_profile(profile_path, profile)
     result = subprocess.run(
-        sandbox.wrap(command, profile_path),
+        sandboxed,
         input=json.dumps(INITIALIZE) + "\n",
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin"},
+        env=sandbox.ROOT_ENVIRONMENT,
         timeout=120,
         check=False,
     )
