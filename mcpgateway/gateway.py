@@ -148,8 +148,9 @@ class Gateway:
 
         session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
         session = f"{deployment_id}:{session_id}" if session_id else None
+        calls = self._start_records(body, info.id, principal.token_id, headers)
         # An initialize opens a session whatever headers come with it.
-        opening = method == "POST" and _opens_session(body)
+        opening = any(call.method == "initialize" for call in calls)
         reservation = f"{deployment_id}:reserved-{uuid.uuid4().hex}" if opening else None
         if self.limits.active:
             over = await self.limits.admit(
@@ -161,7 +162,7 @@ class Gateway:
                     over.message,
                     code=RATE_LIMITED,
                     headers=[(b"retry-after", str(over.retry_after).encode())],
-                    request_id=_request_id(body),
+                    request_id=calls[0].request_id if len(calls) == 1 else None,
                 )
 
         info = await self._awake(info)
@@ -177,7 +178,6 @@ class Gateway:
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
 
-        calls = self._start_records(body, info.id, principal.token_id, headers)
         self.calls.touch(info.id, principal.token_id)
         started = time.perf_counter()
         watcher: asyncio.Task | None = None
@@ -527,28 +527,6 @@ async def _send_preflight(send: Send, origin: str) -> None:
         headers += _cors_headers(origin)
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
-
-
-def _opens_session(body: bytes) -> bool:
-    """Is this POST an initialize (alone or in a batch)? Cheap unless it might be."""
-    if b'"initialize"' not in body:
-        return False
-    try:
-        message = json.loads(body)
-    except ValueError:
-        return False
-    messages = message if isinstance(message, list) else [message]
-    return any(isinstance(m, dict) and m.get("method") == "initialize" for m in messages)
-
-
-def _request_id(body: bytes) -> object:
-    """The id of a single JSON-RPC request, for an error answering it; None otherwise."""
-    try:
-        message = json.loads(body)
-    except ValueError:
-        return None
-    request_id = message.get("id") if isinstance(message, dict) else None
-    return request_id if isinstance(request_id, (str, int)) else None
 
 
 async def _send_error(send: Send, refusal: Refusal, origin: str) -> None:
