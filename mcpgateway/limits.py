@@ -133,6 +133,22 @@ class Limits:
 
 
 class _Store:
+    def __init__(self) -> None:
+        self._counted: dict[str, int] = {}  # token window -> requests counted in this process
+        self._window = ""
+
+    def _count(self, token: str) -> int:
+        """Count a request of `token` ("<token id>:<minute>") here; this process's count."""
+        window = token.rpartition(":")[2]
+        if window != self._window:  # a new minute: earlier windows are over
+            self._window = window
+            self._minute_began()
+        self._counted[token] = self._counted.get(token, 0) + 1
+        return self._counted[token]
+
+    def _minute_began(self) -> None:
+        self._counted.clear()
+
     async def admit(
         self, *, token, owner, session, opening, now, expires, reservation, reserved_until, quota
     ):
@@ -157,20 +173,13 @@ class _MemoryStore(_Store):
     """This process's own counts, for a Catwalk without Redis."""
 
     def __init__(self) -> None:
-        self._windows: dict[str, int] = {}
-        self._current_window: str = ""
+        super().__init__()
         self._sessions: dict[int, dict[str, float]] = {}
 
     async def admit(
         self, *, token, owner, session, opening, now, expires, reservation, reserved_until, quota
     ):
-        count = 0
-        if token is not None:
-            window = token.rpartition(":")[2]
-            if window != self._current_window:  # a new minute: earlier windows are over
-                self._windows.clear()
-                self._current_window = window
-            count = self._windows[token] = self._windows.get(token, 0) + 1
+        count = self._count(token) if token is not None else 0
         open_sessions, oldest = 0, None
         if owner is not None:
             sessions = self._sessions.get(owner, {})
@@ -212,11 +221,10 @@ class _RedisStore(_Store):
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
 
+        super().__init__()  # _counted: requests not yet sent to Redis
         self._redis = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._pending: dict[str, int] = {}  # token window -> requests not yet in Redis
         self._totals: dict[str, int] = {}  # token window -> all processes' count, last flush
         self._touched: dict[int, dict[str, float]] = {}  # owner -> session -> new expiry
-        self._window = ""
         self._flusher: asyncio.Task | None = None
 
     @staticmethod
@@ -226,14 +234,7 @@ class _RedisStore(_Store):
     async def admit(
         self, *, token, owner, session, opening, now, expires, reservation, reserved_until, quota
     ):
-        count = 0
-        if token is not None:
-            window = token.rpartition(":")[2]
-            if window != self._window:  # a new minute: earlier windows are over
-                self._totals.clear()
-                self._window = window
-            self._pending[token] = self._pending.get(token, 0) + 1
-            count = self._totals.get(token, 0) + self._pending[token]
+        count = self._totals.get(token, 0) + self._count(token) if token is not None else 0
         if owner is not None and session is not None:
             self._touched.setdefault(owner, {})[session] = expires
         if self._flusher is None or self._flusher.done():
@@ -254,6 +255,10 @@ class _RedisStore(_Store):
                 await self._redis.zrem(key, reservation)
         return count, open_sessions, oldest
 
+    def _minute_began(self) -> None:
+        super()._minute_began()
+        self._totals.clear()
+
     async def _flush_soon(self) -> None:
         await asyncio.sleep(self.FLUSH_SECONDS)
         try:
@@ -264,7 +269,7 @@ class _RedisStore(_Store):
 
     async def flush(self) -> None:
         """Send what this process counted to Redis and learn everyone's totals."""
-        pending, self._pending = self._pending, {}
+        pending, self._counted = self._counted, {}
         touched, self._touched = self._touched, {}
         if not pending and not touched:
             return
