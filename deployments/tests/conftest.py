@@ -31,6 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from deployments import services
 from deployments.models import Deployment, Status
+from deployments.runtimes import sandbox
 from deployments.runtimes.base import Endpoint
 from deployments.runtimes.local import LocalRuntime, PidRecord, run_paths
 
@@ -189,6 +190,8 @@ def supervisor_env(transactional_db, settings) -> Iterator[dict[str, str]]:
         }
     )
     settings.SANDBOX_READONLY_PATHS = [env["SANDBOX_READONLY_PATHS"]]
+    if not sandbox.check().enabled:  # a machine without root or the tools: run them bare
+        env["CATWALK_UNSAFE_NO_SANDBOX"] = "1"
     yield env
     shutil.rmtree(data_dir, ignore_errors=True)
 

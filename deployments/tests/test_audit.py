@@ -102,17 +102,14 @@ def test_starting_stopping_and_deleting_are_recorded_and_deletion_is_one_event(o
 
 def test_a_credential_is_recorded_when_its_value_changes_only(owner):
     credential = make_credential(make_deployment(owner, "api"), "API_KEY", "one")
+    AuditEvent.objects.all().delete()
     credential.is_secret = False
     credential.save()
     credential.set_value("two")
     credential.save()
     credential.delete()
 
-    assert actions(owner)[-3:] == [
-        AuditAction.CREDENTIAL_SET,
-        AuditAction.CREDENTIAL_SET,
-        AuditAction.CREDENTIAL_DELETED,
-    ]
+    assert actions(owner) == [AuditAction.CREDENTIAL_SET, AuditAction.CREDENTIAL_DELETED]
 
 
 def test_changing_the_password_is_recorded(owner, owner_client):

@@ -42,7 +42,7 @@ async def test_in_memory_the_fourth_request_of_a_minute_is_refused_per_token():
 
 async def test_two_gateway_processes_share_the_count_through_redis(redis_url):
     token = random.randrange(1 << 30)
-    first, second = limits(redis_url=redis_url), limits(redis_url=redis_url)
+    first, second, third = (limits(redis_url=redis_url) for _ in range(3))
     try:
         assert await admit_many(first, token, 3) == [True, True, True]
         await first._store.flush()
@@ -50,10 +50,13 @@ async def test_two_gateway_processes_share_the_count_through_redis(redis_url):
         assert await admit_many(second, token, 1) == [True]
         await second._store.flush()
         assert await admit_many(second, token, 1) == [False]
-        assert await admit_many(first, token, 1) == [False]
+        # A third, which counted nothing itself, learns everyone's total at its first flush.
+        assert await admit_many(third, token, 1) == [True]
+        await third._store.flush()
+        assert await admit_many(third, token, 1) == [False]
     finally:
-        await first.close()
-        await second.close()
+        for gate in (first, second, third):
+            await gate.close()
 
 
 async def test_sessions_are_counted_across_processes_and_freed_on_close(redis_url):
