@@ -71,6 +71,15 @@ def listener() -> Iterator[tuple[int, list[socket.socket]]]:
     server.close()
 
 
+def reachable(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def host_address() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect(("203.0.113.1", 9))  # picks the outgoing address; sends nothing
@@ -150,6 +159,18 @@ def site(listener) -> Iterator[Site]:
                 "/etc/owned",
             ],
         }
+        # Only targets that are really there from the host's side: a refusal inside proves the
+        # sandbox, not an absent file or a port nobody listens on.
+        targets["HOSTILE_FILES"] = [p for p in targets["HOSTILE_FILES"] if os.path.exists(p)]
+        targets["HOSTILE_TCP"] = [
+            address
+            for address in targets["HOSTILE_TCP"]
+            if not address.startswith("127.") or reachable(address)
+        ]
+        assert {str(keys), "/etc/shadow"} <= set(targets["HOSTILE_FILES"])
+        assert {"127.0.0.1:5432", "127.0.0.1:6379", f"127.0.0.1:{port}"} <= set(
+            targets["HOSTILE_TCP"]
+        ), "PostgreSQL, Redis and the gateway must listen on the host for this test to mean it"
         hostile_args = [
             "--name", "hostile", "--package", "pypi:catwalk-hostile",
             "--entry", HOSTILE[0], *(f"--arg={arg}" for arg in HOSTILE[1:]),
@@ -203,6 +224,14 @@ async def call_hostile(site: Site, tool: str) -> str:
 def assert_all_refused(report: dict) -> None:
     succeeded = [r for r in report["results"] if not r["outcome"].startswith("refused")]
     assert succeeded == [], succeeded
+    # Addresses beyond the sandbox's own loopback are refused by its firewall (ICMP
+    # admin-prohibited: "No route to host"), not merely found closed.
+    beyond = [
+        r
+        for r in report["results"]
+        if r["target"][:1].isdigit() and not r["target"].startswith("127.")
+    ]
+    assert beyond and all("No route to host" in r["outcome"] for r in beyond), beyond
     assert report["uid"] >= 200_000
     # Its own PID namespace: bubblewrap's reaper and the server (and nothing of the host's).
     assert len(report["visible_pids"]) <= 3, report["visible_pids"]
