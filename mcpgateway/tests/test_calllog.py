@@ -61,6 +61,9 @@ def test_a_batch_is_written_with_activity_timestamps():
     )
     assert AccessToken.objects.get(pk=token.pk).last_used_at == now
     assert Deployment.objects.get(pk=deployment.pk).last_active_at == now
+    cleaned = ToolCall.objects.get(deployment=deployment, target="x")
+    assert (cleaned.session_id, cleaned.error_code) == ("s", None)
+    assert ToolCall.objects.count() == 4  # the deleted deployment's row alone was dropped
 
 
 def test_a_huge_answer_is_read_by_pattern_in_linear_time():
