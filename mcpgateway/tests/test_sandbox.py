@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,16 +23,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from deployments.runtimes import sandbox as runtime_sandbox
 from mcpgateway import sandbox
 
 LAUNCHER = Path(sandbox.__file__).resolve()
-TOOLS = {name: shutil.which(name, path="/usr/sbin:/usr/bin:/sbin") for name in (
-    "bwrap", "slirp4netns", "setpriv", "nft", "mount"
-)}  # fmt: skip
-MISSING = [name for name, path in TOOLS.items() if path is None]
+TOOLS = runtime_sandbox.find_tools()[0]
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(MISSING),
-    reason=f"the sandbox needs root and {', '.join(MISSING) or 'nothing else'}",
+    not runtime_sandbox.check().enabled, reason=f"no sandbox: {runtime_sandbox.check().problem}"
 )
 UID = 299_990
 

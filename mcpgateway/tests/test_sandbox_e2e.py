@@ -27,6 +27,7 @@ import anyio
 import httpx
 import pytest
 
+from deployments.runtimes import sandbox
 from mcpgateway.stack import ROOT, Stack, free_port
 from mcpgateway.tests.test_gateway_e2e import Running, deploy_args, sdk_client
 
@@ -35,19 +36,8 @@ HOSTILE = [sys.executable, "-m", "mcpgateway.hostile_server"]
 LIMITS = {"SANDBOX_MEMORY_MB": "256", "SANDBOX_DISK_MB": "64", "SANDBOX_MAX_PROCESSES": "64"}
 
 
-def sandbox_available() -> str:
-    if os.geteuid() != 0:
-        return "the sandbox needs root"
-    missing = [
-        tool
-        for tool in ("bwrap", "slirp4netns", "setpriv", "nft")
-        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin") is None
-    ]
-    return f"missing {', '.join(missing)}" if missing else ""
-
-
-if reason := sandbox_available():
-    pytestmark.append(pytest.mark.skip(reason=reason))
+if not sandbox.check().enabled:
+    pytestmark.append(pytest.mark.skip(reason=f"no sandbox: {sandbox.check().problem}"))
 
 
 @pytest.fixture(scope="module")
