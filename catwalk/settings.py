@@ -275,6 +275,18 @@ ANALYSIS_MAX_FILE_BYTES = config.read_int("ANALYSIS_MAX_FILE_BYTES", 10 * 1024 *
 ANALYSIS_MAX_TOTAL_BYTES = config.read_int("ANALYSIS_MAX_TOTAL_BYTES", 300 * 1024 * 1024, minimum=1)
 # --- end of the GitHub settings ---------------------------------------------------------------
 
+# --- Analysis: the optional Claude layer (analysis/llm.py) -----------------------------------
+# Without a key the analysis stops at the static layers.
+ANTHROPIC_API_KEY = config.read("ANTHROPIC_API_KEY", "")
+# Empty means the SDK's own default (https://api.anthropic.com).
+ANTHROPIC_BASE_URL = config.read("ANTHROPIC_BASE_URL", "").rstrip("/")
+CATWALK_ANALYSIS_MODEL = config.read("CATWALK_ANALYSIS_MODEL", "claude-sonnet-5-5")
+ANALYSIS_CLAUDE_TIMEOUT_SECONDS = config.read_int("ANALYSIS_CLAUDE_TIMEOUT_SECONDS", 60, minimum=1)
+
+# --- Analysis: package registries (analysis/registry.py) --------------------------------------
+NPM_REGISTRY_URL = config.read("NPM_REGISTRY_URL", "https://registry.npmjs.org").rstrip("/")
+PYPI_URL = config.read("PYPI_URL", "https://pypi.org").rstrip("/")
+
 # --- Local runtime: the supervisor (`manage.py supervise`) and its bridges --------------------
 # A running deployment with no request for this long is stopped and sleeps until the next
 # request wakes it; 0 keeps deployments running.
