@@ -74,6 +74,7 @@ account_patterns = [
         ),
         name="password_reset_complete",
     ),
+    path("accounts/github-token/", deployment_views.github_token, name="github-token"),
     path("setup/claim-admin/<str:token>/", views.claim_admin, name="claim-admin"),
 ]
 

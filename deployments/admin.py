@@ -13,12 +13,14 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from deployments.github_tokens import remove_github_token
 from deployments.models import (
     AccessToken,
     AuditEvent,
     Credential,
     Deployment,
     DeploymentEvent,
+    GitHubToken,
     ToolCall,
 )
 from deployments.runtimes.base import get_runtime
@@ -245,3 +247,33 @@ class AuditEventAdmin(OwnedAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(GitHubToken)
+class GitHubTokenAdmin(OwnedAdmin):
+    """Write-only: the admin shows that a token exists and its hint, never the token. Deleting
+    one goes through remove_github_token, so the owner's audit log shows it."""
+
+    owner_path = "user"
+    fields = ["user", "display_hint", "created_at", "updated_at"]
+    readonly_fields = fields
+    list_display = ["user", "display_hint", "created_at", "updated_at"]
+    search_fields = ["user__username"]
+    list_select_related = ["user"]
+
+    @admin.display(description="Token")
+    def display_hint(self, obj: GitHubToken) -> str:
+        return obj.display_hint
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def delete_model(self, request, obj):
+        remove_github_token(obj.user, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for token in queryset.select_related("user"):
+            remove_github_token(token.user, actor=request.user)

@@ -415,6 +415,8 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_STARTED = "deployment_started", "Deployment started"
     DEPLOYMENT_STOPPED = "deployment_stopped", "Deployment stopped"
     DEPLOYMENT_DELETED = "deployment_deleted", "Deployment deleted"
+    GITHUB_TOKEN_SET = "github_token_set", "GitHub token set"
+    GITHUB_TOKEN_REMOVED = "github_token_removed", "GitHub token removed"
 
 
 class AuditEvent(models.Model):
@@ -443,3 +445,37 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()}: {self.subject}" if self.subject else self.action
+
+
+GITHUB_TOKEN_HINT_CHARS = 4
+
+
+class GitHubToken(models.Model):
+    """A user's own GitHub token, to analyse their private repositories (the platform's token
+    never reads those on anyone's behalf). Encrypted at rest and write-only: only the last
+    characters are ever shown. Set and removed through deployments.github_tokens."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="github_token"
+    )
+    encrypted_token = crypto.EncryptedTextField()
+    hint = models.CharField(max_length=GITHUB_TOKEN_HINT_CHARS, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "GitHub token"
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.display_hint}"
+
+    @property
+    def display_hint(self) -> str:
+        return f"…{self.hint}"
+
+    def set_token(self, plaintext: str) -> None:
+        self.encrypted_token = crypto.encrypt(plaintext)
+        self.hint = plaintext[-GITHUB_TOKEN_HINT_CHARS:]
+
+    def get_token(self) -> str:
+        return crypto.decrypt(self.encrypted_token, what=f"the GitHub token of user {self.user_id}")
