@@ -89,6 +89,8 @@ class Findings:
     mentioned: dict[str, list[Source]] = field(default_factory=dict)
     # What a build from source would start from (package manager, entry points), by manifest.
     build: dict[str, object] = field(default_factory=dict)
+    # The README's client configuration blocks: command, args and where.
+    client_configs: list[dict[str, object]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def describe(self, text: str, source: Source) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
@@ -47,6 +49,20 @@ class AnalysisStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class AnalysisStep(models.TextChoices):
+    """Where a running analysis is, shown to the user while it works."""
+
+    QUEUED = "queued", "Waiting for a worker"
+    FETCHING = "fetching", "Fetching the repository"
+    MANIFESTS = "manifests", "Reading manifests"
+    SCANNING = "scanning", "Scanning the source"
+    REGISTRY = "registry", "Checking the package registry"
+    CLAUDE = "claude", "Asking Claude"
+    INTROSPECTING = "introspecting", "Starting the server"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
 class AnalysisStateError(Exception):
     """An analysis was asked to move to a state it cannot reach from where it is."""
 
@@ -64,6 +80,18 @@ class Analysis(models.Model):
     analyser_version = models.CharField(max_length=20)
     status = models.CharField(
         max_length=10, choices=AnalysisStatus.choices, default=AnalysisStatus.PENDING
+    )
+    step = models.CharField(
+        max_length=15, choices=AnalysisStep.choices, default=AnalysisStep.QUEUED
+    )
+    progress = models.JSONField(
+        default=list, blank=True, help_text="Each step reached, with when and how long it took."
+    )
+    # Which layers ran (`static`, `+claude`, `+introspection`, `+preflight`): a cached result is
+    # reused only by a request for the same ones.
+    variant = models.CharField(max_length=60, blank=True)
+    cached_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     result = models.JSONField(
         null=True, blank=True, help_text="The server.json document with Catwalk's _meta."
@@ -96,13 +124,35 @@ class Analysis(models.Model):
     def start(self) -> None:
         self._move({AnalysisStatus.PENDING}, AnalysisStatus.RUNNING, started_at=timezone.now())
 
-    def succeed(self, result: dict, commit_sha: str, timings: dict[str, float]) -> None:
+    def reach(self, step: str) -> None:
+        """Record that the analysis has reached `step` (while it runs)."""
+        now = timezone.now()
+        progress = list(self.progress or [])
+        if progress:
+            began = datetime.fromisoformat(progress[-1]["at"])
+            progress[-1]["seconds"] = round((now - began).total_seconds(), 3)
+        progress.append({"step": step, "at": now.isoformat()})
+        updated = Analysis.objects.filter(pk=self.pk, status=AnalysisStatus.RUNNING).update(
+            step=step, progress=progress
+        )
+        if updated:
+            self.step, self.progress = step, progress
+
+    def succeed(
+        self,
+        result: dict,
+        commit_sha: str,
+        timings: dict[str, float],
+        cached_from: Analysis | None = None,
+    ) -> None:
         self._move(
             {AnalysisStatus.RUNNING},
             AnalysisStatus.SUCCEEDED,
+            step=AnalysisStep.DONE,
             result=result,
             commit_sha=commit_sha,
             timings=timings,
+            cached_from=cached_from,
             finished_at=timezone.now(),
         )
 
@@ -110,6 +160,7 @@ class Analysis(models.Model):
         self._move(
             {AnalysisStatus.PENDING, AnalysisStatus.RUNNING},
             AnalysisStatus.FAILED,
+            step=AnalysisStep.FAILED,
             error=reason,
             finished_at=timezone.now(),
         )

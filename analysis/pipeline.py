@@ -126,6 +126,7 @@ def build(checkout: Checkout, findings: Findings, origin: Origin, evidence: dict
                 "packageArguments": sources_by_name(argument_settings),
             },
             "build": findings.build,
+            "clientConfigs": findings.client_configs,
             "excludedVariables": excluded_variables(findings, variables),
             # A repository published nowhere still has settings; they wait here for a build
             # from source, since server.json keeps them only inside a package.

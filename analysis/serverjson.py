@@ -230,6 +230,22 @@ def package_of(document: dict[str, Any]) -> dict[str, Any] | None:
     return packages[0] if packages else None
 
 
+def entry_command(document: dict[str, Any]) -> str:
+    """The package's executable to run, where its name alone does not pick it: a Python
+    project whose scripts do not include its own name, or an npm package with several bins
+    none of which is named after it. Empty means "the package's default"."""
+    package = package_of(document)
+    executables = meta(document).get("package", {}).get("executables") or []
+    if not package or not executables:
+        return ""
+    own_name = package["identifier"].rsplit("/", 1)[-1]
+    if own_name in executables or package["identifier"] in executables:
+        return "" if package["registryType"] == "npm" else own_name
+    if package["registryType"] == "npm" and len(executables) == 1:
+        return ""
+    return str(executables[0])
+
+
 def validate(document: dict[str, Any]) -> None:
     """Raise InvalidDocument unless `document` follows the registry format's rules."""
     if not isinstance(document.get("name"), str) or not NAME_PATTERN.match(document["name"]):

@@ -283,6 +283,16 @@ ANTHROPIC_BASE_URL = config.read("ANTHROPIC_BASE_URL", "").rstrip("/")
 CATWALK_ANALYSIS_MODEL = config.read("CATWALK_ANALYSIS_MODEL", "claude-sonnet-5-5")
 ANALYSIS_CLAUDE_TIMEOUT_SECONDS = config.read_int("ANALYSIS_CLAUDE_TIMEOUT_SECONDS", 60, minimum=1)
 
+# The deployments app starts packages for introspection and keeps users' GitHub tokens; the
+# analysis reaches both through these (analysis never imports deployments).
+ANALYSIS_INTROSPECTOR = "deployments.introspection.introspect_for_analysis"
+ANALYSIS_GITHUB_TOKEN_PROVIDER = "deployments.github_tokens.github_token_for"  # noqa: S105
+# How long introspection waits for a server to start and list what it offers (a first npx or
+# uvx download included).
+ANALYSIS_INTROSPECTION_TIMEOUT_SECONDS = config.read_int(
+    "ANALYSIS_INTROSPECTION_TIMEOUT_SECONDS", 180, minimum=10
+)
+
 # --- Analysis: package registries (analysis/registry.py) --------------------------------------
 NPM_REGISTRY_URL = config.read("NPM_REGISTRY_URL", "https://registry.npmjs.org").rstrip("/")
 PYPI_URL = config.read("PYPI_URL", "https://pypi.org").rstrip("/")

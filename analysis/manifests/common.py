@@ -7,12 +7,17 @@ import re
 from typing import Any
 
 SECRET_WORDS = re.compile(
-    r"(?:^|_)(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|PAT|CREDENTIALS?|AUTH|PRIVATE_KEY|"
+    r"(?:^|_)(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|PAT|CREDENTIALS?|PRIVATE_KEY|"
     r"API_?KEY|ACCESS_?KEY|CLIENT_SECRET|COOKIE|SESSION_?TOKEN)(?:_|$)",
     re.IGNORECASE,
 )
-# Names that say "a secret" even though they end in something else (…_KEY_PASSWORD, …_KEY_ID).
-NOT_SECRET = re.compile(r"(?:_|^)(?:KEY_ID|TOKEN_URL|AUTH_URL|TOKEN_ENDPOINT|KEY_PATH|KEY_FILE)$")
+# Names that mention a secret but hold something else: a switch (ENABLE_TOKEN_PASSTHROUGH), a
+# location (…_KEY_PATH, …_TOKEN_URL) or an identifier (…_KEY_ID).
+NOT_SECRET = re.compile(
+    r"^(?:ENABLE|DISABLE|USE|IGNORE|ALLOW|SKIP|NO)_|"
+    r"_(?:ID|URL|URI|PATH|FILE|DIR|ENDPOINT|ENABLE|ENABLED|DISABLED|PASSTHROUGH|HEADER|TTL|"
+    r"TIMEOUT|EXPIRY|EXPIRES|TYPE|MODE|NAME|PREFIX)$"
+)
 
 
 class ManifestError(ValueError):

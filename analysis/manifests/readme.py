@@ -29,7 +29,6 @@ def read(checkout: Checkout, findings: Findings) -> None:
     if path is None:
         return
     text = checkout.text(path) or ""
-    findings.build.setdefault("readmeCommands", [])
     for number, block in enumerate(_FENCE.finditer(text)):
         if number >= MAX_BLOCKS:
             break
@@ -77,10 +76,10 @@ def _record(server: dict, findings: Findings, source: Source) -> None:
         for arg in server.get("args") or []
         if isinstance(arg, (str, int, float))
     ]
-    if command or args:
-        commands = findings.build.setdefault("readmeCommands", [])
-        if isinstance(commands, list) and len(commands) < 50:
-            commands.append({"command": command, "args": args, "source": source.detail})
+    if (command or args) and len(findings.client_configs) < 50:
+        findings.client_configs.append(
+            {"command": command, "args": args, "source": source.as_dict()}
+        )
     env = server.get("env")
     if not isinstance(env, dict):
         return

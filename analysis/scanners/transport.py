@@ -12,6 +12,8 @@ SIGNS: dict[str, re.Pattern[str]] = {
     "stdio": re.compile(
         r"\bStdioServerTransport\b|\bstdio_server\s*\(|transport\s*=\s*['\"]stdio['\"]"
         r"|\.run\(\s*\)|\.run_stdio_async\(|\bserve_stdio\b|ServeStdio\(|\bstdio\(\)"
+        # A transport option whose choices or default name stdio.
+        r"|['\"]stdio['\"]"
     ),
     "streamable-http": re.compile(
         r"\bStreamableHTTPServerTransport\b|\bstreamable_http_app\b|['\"]streamable-http['\"]"
