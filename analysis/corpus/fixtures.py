@@ -24,6 +24,9 @@ from pathlib import Path
 from analysis.github import RepoRef, parse_repository_url
 
 SERVERS = Path(__file__).resolve().parent / "servers"
+# Files added on top of a package's own, written by hand from the server's documented facts:
+# no corpus package ships a server.json, and the analyser must be scored reading one.
+OVERLAYS = Path(__file__).resolve().parent / "overlays"
 # Files a package may carry that are too big to matter for an analysis and slow every fixture.
 MAX_FILE_BYTES = 2 * 1024 * 1024
 DOWNLOAD_TIMEOUT_SECONDS = 300
@@ -135,7 +138,47 @@ def package_files(entry: CorpusEntry) -> dict[str, bytes]:
                 files[relative] = handle.read()
     if not files:
         raise FixtureError(f"{entry.slug}: the package archive holds no files")
+    overlay = OVERLAYS / entry.slug
+    if overlay.is_dir():
+        for path in sorted(overlay.rglob("*")):
+            if path.is_file():
+                files[path.relative_to(overlay).as_posix()] = path.read_bytes()
     return files
+
+
+def published_metadata(entry: CorpusEntry) -> dict:
+    """What the registry says about the package, taken from the package itself: npm's
+    `repository` and `bin` from package.json; PyPI's project URLs from PKG-INFO."""
+    files = package_files(entry)
+    if entry.registry == "npm":
+        manifest = json.loads(files.get("package.json", b"{}"))
+        return {key: manifest[key] for key in ("repository", "bin") if key in manifest}
+    urls: dict[str, str] = {}
+    home_page = ""
+    for line in files.get("PKG-INFO", b"").decode("utf-8", "replace").splitlines():
+        if line.startswith("Project-URL:"):
+            label, _, url = line.removeprefix("Project-URL:").partition(",")
+            urls[label.strip()] = url.strip()
+        elif line.startswith("Home-page:"):
+            home_page = line.removeprefix("Home-page:").strip()
+        elif not line.strip():
+            break  # the headers end where the description begins
+    return {"project_urls": urls, "home_page": home_page}
+
+
+def publish_packages(registry, entries: Iterable[CorpusEntry]) -> None:
+    """Publish the entries' packages, at their versions, in a registry stand-in."""
+    for entry in entries:
+        metadata = published_metadata(entry)
+        if entry.registry == "npm":
+            registry.add_npm(entry.identifier, {entry.version: metadata})
+        else:
+            registry.add_pypi(
+                entry.identifier,
+                [entry.version],
+                project_urls=metadata["project_urls"],
+                home_page=metadata["home_page"],
+            )
 
 
 def repositories(entries: Iterable[CorpusEntry]) -> dict[tuple[str, str], dict[str, bytes]]:
@@ -151,7 +194,11 @@ def repositories(entries: Iterable[CorpusEntry]) -> dict[tuple[str, str], dict[s
 
 def publish(standin, entries: Iterable[CorpusEntry]) -> dict[tuple[str, str], str]:
     """Add the entries' repositories to a GitHub stand-in; returns each one's commit SHA."""
+    entries = list(entries)
+    branches = {(e.ref.owner, e.ref.name): e.ref.ref for e in entries if e.ref.ref}
     return {
-        (owner, name): standin.add_repository(owner, name, files)
+        (owner, name): standin.add_repository(
+            owner, name, files, default_branch=branches.get((owner, name), "main")
+        )
         for (owner, name), files in repositories(entries).items()
     }
