@@ -86,7 +86,13 @@ urlpatterns = [
         name="deployment-detail",
     ),
     path("activity/", deployment_views.activity, name="activity"),
+    path("analyses/new/", analysis_views.analysis_new, name="analysis-new"),
     path("analyses/<int:analysis_id>/", analysis_views.analysis_detail, name="analysis-detail"),
+    path(
+        "analyses/<int:analysis_id>/server.json",
+        analysis_views.analysis_server_json,
+        name="analysis-server-json",
+    ),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     *account_patterns,
