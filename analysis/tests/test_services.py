@@ -401,3 +401,23 @@ def test_analyse_without_a_database_gives_the_same_document(owner, github, regis
     assert sha == stored.commit_sha
     assert document["packages"] == stored.result["packages"]
     assert Analysis.objects.count() == 1
+
+
+def test_a_hostile_tarball_fails_the_analysis_cleanly(owner, github, registry, tmp_path):
+    import io
+    import tarfile
+
+    github.add_repository("acme", "weather-mcp", weather_files())
+    sha = github.repositories["acme/weather-mcp"].refs["main"]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        escape = tarfile.TarInfo("acme-weather-mcp/../../escaped.txt")
+        escape.size = 1
+        archive.addfile(escape, io.BytesIO(b"x"))
+    github.set_tarball("acme", "weather-mcp", sha, buffer.getvalue())
+
+    analysis = run(owner, "https://github.com/acme/weather-mcp")
+
+    assert analysis.status == AnalysisStatus.FAILED
+    assert "outside" in analysis.error
+    assert not (tmp_path.parent / "escaped.txt").exists()
