@@ -259,7 +259,12 @@ def introspect(document: dict[str, Any], owner_id: int | None, deployment_id: st
     result = introspector(package, owner_id=owner_id, deployment_id=deployment_id)
     findings = meta(document)
     findings["tools"] = result
-    if result.get("needsCredentials"):
+    if deployment_id and result.get("suspectCredentials"):
+        names = ", ".join(result["suspectCredentials"])
+        findings["warnings"].append(
+            f"The server did not start with the stored credentials; check {names}."
+        )
+    elif result.get("needsCredentials"):
         findings["warnings"].append(
             "The server needs its credentials before it lists its tools; they are checked "
             "when you deploy it."

@@ -332,3 +332,40 @@ def test_the_time_server_from_pypi():
     assert [tool["name"] for tool in result.tools] == ["get_current_time", "convert_time"]
     assert result.tools[0]["inputSchema"]["required"] == ["timezone"]
     assert (result.resources, result.prompts) == ([], [])
+
+
+@pytest.mark.django_db
+def test_an_analysis_preflight_on_a_draft_deployment_names_the_wrong_credential(
+    owner, stranger, settings
+):
+    from analysis import services
+    from analysis.tests.github_standin import GitHubStandin
+    from analysis.tests.registry_standin import RegistryStandin
+    from analysis.tests.test_services import meta_of, publish_weather, weather_files
+
+    github, registry = GitHubStandin(), RegistryStandin()
+    settings.GITHUB_API_URL, settings.GITHUB_TOKEN = github.api_url, ""
+    settings.NPM_REGISTRY_URL, settings.PYPI_URL = registry.npm_url, registry.pypi_url
+    try:
+        github.add_repository("acme", "weather-mcp", weather_files())
+        publish_weather(registry)
+        deployment = deployment_refused_with(owner, "401 Unauthorized: invalid FOO_API_KEY")
+        options = services.Options(
+            use_claude=False, introspect=True, preflight_deployment=str(deployment.pk)
+        )
+        mine = services.request_analysis(owner, "https://github.com/acme/weather-mcp", options)
+        theirs = services.request_analysis(stranger, "https://github.com/acme/weather-mcp", options)
+
+        mine = services.run_analysis(mine.pk, options)
+        theirs = services.run_analysis(theirs.pk, options)
+    finally:
+        github.close()
+        registry.close()
+
+    tools = meta_of(mine)["tools"]
+    assert tools["verified"] is False
+    assert tools["suspectCredentials"] == ["FOO_API_KEY"]
+    assert "check FOO_API_KEY" in " ".join(meta_of(mine)["warnings"])
+    assert "wrong-key-123" not in json.dumps(mine.result)
+    # Another user's analysis cannot run someone else's deployment with its credentials.
+    assert meta_of(theirs)["tools"]["error"] == "The draft deployment was not found."
