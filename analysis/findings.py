@@ -44,6 +44,7 @@ class Setting:
     default: str | None = None
     choices: list[str] | None = None
     positional: bool = False
+    repeated: bool = False
     sources: list[Source] = field(default_factory=list)
 
     @property
@@ -106,8 +107,18 @@ class Findings:
         setting.merge(source, **facts)
         return setting
 
-    def argument(self, name: str, source: Source, **facts) -> Setting:
-        setting = self.arguments.setdefault(name, Setting(name=name))
+    def argument(
+        self,
+        name: str,
+        source: Source,
+        *,
+        positional: bool = False,
+        repeated: bool = False,
+        **facts,
+    ) -> Setting:
+        setting = self.arguments.setdefault(
+            name, Setting(name=name, positional=positional, repeated=repeated)
+        )
         setting.merge(source, **facts)
         return setting
 

@@ -190,6 +190,8 @@ def package_argument(setting: Setting) -> dict[str, Any]:
         entry["valueHint"] = setting.name
     else:
         entry["name"] = setting.name
+    if setting.repeated:
+        entry["isRepeated"] = True
     if setting.default is not None:
         entry["default"] = setting.default
     if setting.choices:

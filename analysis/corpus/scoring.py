@@ -28,6 +28,10 @@ class ServerScore:
     found: set[str]
     secrets_expected: set[str] = field(default_factory=set)
     secrets_found: set[str] = field(default_factory=set)
+    options_expected: set[str] = field(default_factory=set)
+    options_found: set[str] = field(default_factory=set)
+    positional_expected: int = 0
+    positional_found: int = 0
     seconds: float = 0.0
     error: str = ""
 
@@ -86,6 +90,24 @@ class CorpusScore:
         return hits / expected if expected else 1.0
 
     @property
+    def option_recall(self) -> float:
+        expected = sum(len(s.options_expected) for s in self.servers)
+        hits = sum(len(s.options_expected & s.options_found) for s in self.servers)
+        return hits / expected if expected else 1.0
+
+    @property
+    def option_precision(self) -> float:
+        found = sum(len(s.options_found) for s in self.servers)
+        hits = sum(len(s.options_expected & s.options_found) for s in self.servers)
+        return hits / found if found else 1.0
+
+    @property
+    def positional_servers(self) -> tuple[int, int]:
+        """(servers expecting a positional argument, of which the analysis found one)."""
+        expecting = [s for s in self.servers if s.positional_expected]
+        return len(expecting), sum(1 for s in expecting if s.positional_found)
+
+    @property
     def secret_precision(self) -> float:
         """Of the expected variables marked secret, how many the documentation calls secret."""
         marked = sum(len(s.secrets_found & s.expected) for s in self.servers)
@@ -107,6 +129,16 @@ def score_document(entry: CorpusEntry, document: dict[str, Any], seconds: float)
         found={item["name"] for item in variables},
         secrets_expected={v["name"] for v in expected["environmentVariables"] if v["isSecret"]},
         secrets_found={v["name"] for v in variables if v.get("isSecret")},
+        options_expected={a["name"] for a in expected["packageArguments"] if a["type"] == "named"},
+        options_found={
+            a["name"] for a in package.get("packageArguments") or [] if a["type"] == "named"
+        },
+        positional_expected=sum(
+            1 for a in expected["packageArguments"] if a["type"] == "positional"
+        ),
+        positional_found=sum(
+            1 for a in package.get("packageArguments") or [] if a["type"] == "positional"
+        ),
         seconds=seconds,
     )
 
@@ -165,6 +197,10 @@ def markdown(score: CorpusScore, command: str) -> str:
         f"| Precision, mean per server | {score.macro_precision:.1%} |",
         f"| Secrets marked secret (of all expected secrets) | {score.secret_recall:.1%} |",
         f"| Variables marked secret that are secrets | {score.secret_precision:.1%} |",
+        f"| Command-line options (named arguments), recall | {score.option_recall:.1%} |",
+        f"| Command-line options (named arguments), precision | {score.option_precision:.1%} |",
+        f"| Servers with a positional argument where one was found "
+        f"| {score.positional_servers[1]} / {score.positional_servers[0]} |",
         "",
         "## Per server",
         "",

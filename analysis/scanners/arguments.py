@@ -29,6 +29,16 @@ PATTERNS = {
     ],
 }
 IGNORED = {"--help", "--version"}
+# Hand-rolled argv parsing: `args[i] === "--port"`, `case "--host":`, `argv.includes("--x")`.
+_ARGV_COMPARISON = re.compile(
+    r"(?:===?|!==?|\bcase|includes\(|startsWith\(|\bin\s*\()\s*['\"`](?P<name>--[a-z0-9][a-z0-9-]*)"
+    r"(?:=)?['\"`]"
+)
+# node:util `parseArgs({ options: { "read-only": { type: "boolean" } } })`.
+_PARSE_ARGS = re.compile(r"parseArgs(?:\.call\([^,]*,)?\s*\(?\s*\{\s*options\s*:\s*\{")
+_PARSE_ARGS_OPTION = re.compile(
+    r"(?:\[\s*)?['\"]?(?P<name>[a-z][a-z0-9-]*)['\"]?(?:\s*\])?\s*:\s*\{\s*type\s*:"
+)
 
 
 def scan(checkout: Checkout, findings: Findings) -> None:
@@ -37,6 +47,17 @@ def scan(checkout: Checkout, findings: Findings) -> None:
         text = checkout.text(path) if patterns else None
         if not text:
             continue
+        hits = [
+            (match.start(), match.group("name"))
+            for match in _ARGV_COMPARISON.finditer(text)
+            if "argv" in text
+        ]
+        if language == "javascript" and "parseArgs" in text:
+            hits.extend(_parse_args_options(text))
+        for offset, name in hits:
+            if name not in IGNORED:
+                line = text.count("\n", 0, offset) + 1
+                findings.argument(name, Source(STATIC, path, f"line {line}"), required=False)
         for pattern in patterns:
             for match in pattern.finditer(text):
                 name = match.group("name")
@@ -50,3 +71,18 @@ def scan(checkout: Checkout, findings: Findings) -> None:
                     description=" ".join(help_text.split())[:500],
                     required=False,
                 )
+
+
+def _parse_args_options(text: str) -> list[tuple[int, str]]:
+    hits = []
+    for match in _PARSE_ARGS.finditer(text):
+        body = text[match.end() : match.end() + 4_000]
+        depth, end = 1, len(body)
+        for index, char in enumerate(body):
+            depth += {"{": 1, "}": -1}.get(char, 0)
+            if depth == 0:
+                end = index
+                break
+        for option in _PARSE_ARGS_OPTION.finditer(body[:end]):
+            hits.append((match.end() + option.start(), f"--{option.group('name')}"))
+    return hits

@@ -24,14 +24,14 @@ _DEFAULT = r"(?:\s*(?:\|\||\?\?)\s*(?P<default>" + _LITERAL_VALUE + r"|true|fals
 
 PATTERNS: dict[str, list[re.Pattern[str]]] = {
     "javascript": [
-        re.compile(r"\bprocess\.env\??\.(?P<name>[A-Za-z_][A-Za-z0-9_]{1,127})\b" + _DEFAULT),
-        re.compile(r"\bprocess\.env\??\.?\[\s*" + _QUOTED + r"\s*\]" + _DEFAULT),
-        re.compile(r"\b(?:Bun|import\.meta)\.env\.(?P<name>[A-Z_][A-Z0-9_]{1,127})\b" + _DEFAULT),
+        re.compile(r"process\.env\??\.(?P<name>[A-Za-z_][A-Za-z0-9_]{1,127})\b" + _DEFAULT),
+        re.compile(r"process\.env\??\.?\[\s*" + _QUOTED + r"\s*\]" + _DEFAULT),
+        re.compile(r"(?:Bun|import\.meta)\.env\.(?P<name>[A-Z_][A-Z0-9_]{1,127})\b" + _DEFAULT),
         # `const env = process.env; env.X`, or an environment passed in as a parameter.
         re.compile(
             r"(?<![.\w])(?:env|environment)\??\.(?P<name>[A-Z][A-Z0-9_]{1,127})\b" + _DEFAULT
         ),
-        re.compile(r"\bDeno\.env\.get\(\s*" + _QUOTED),
+        re.compile(r"Deno\.env\.get\(\s*" + _QUOTED),
     ],
     "python": [
         re.compile(r"\benviron\s*\[\s*" + _QUOTED + r"\s*\]"),
@@ -159,12 +159,12 @@ _LITERAL = re.compile(r"['\"`](?P<name>" + _ENV_LIKE + r")['\"`]")
 _WORD_LITERAL = re.compile(r"['\"](?P<word>[A-Z][A-Z0-9]{1,30})['\"]")
 # A call to a helper named for the environment (`get_env_bool("X")`, `feedbackEnvEnabled("A",
 # "B")`, `is_env_ssl_verify(...)`): its literal arguments are variable names, or prefixes.
-_ENV_CALL = re.compile(r"\b(?P<func>[A-Za-z_]\w*)\s*\((?P<args>[^()]{0,300})\)")
+# Found from the "env" inside their names (a literal start keeps this fast on large bundles);
+# the rest of the name is read backwards from there.
+_ENV_CALL = re.compile(r"(?:env|Env|ENV)\w*\s*\((?P<args>[^()]{0,300})\)")
 # A constant or keyword named for the environment: `PROXY_ENV_VARS = ("A", "B")`,
 # `passthrough_env_var="X"`, `X_ENV = "X"`.
-_ENV_ASSIGNMENT = re.compile(
-    r"\b(?P<var>[A-Za-z_]*(?:env|ENV|Env)[A-Za-z0-9_]*)\s*[:=]\s*(?=[\[({'\"`])"
-)
+_ENV_ASSIGNMENT = re.compile(r"(?:env|ENV|Env)[A-Za-z0-9_]*\s*[:=]\s*(?=[\[({'\"`])")
 _TEMPLATE = re.compile(
     r"(?:f['\"]\{[^{}'\"]{1,60}\}|`\$\{[^{}`]{1,60}\})_(?P<suffix>[A-Z][A-Z0-9_]{1,60})['\"`]"
 )
@@ -269,8 +269,8 @@ def _named_in_environment_context(
     such helpers are prefixes (`proxy_settings_from_env("JIRA")`), kept for templates."""
     hits = []
     for match in _ENV_CALL.finditer(text):
-        function = match.group("func")
-        if "env" not in function.lower() or function in {"getenv", "get"}:
+        function = _word_around(text, match.start(), match.end())
+        if function in {"getenv", "get"} or not (function[:1].isalpha() or function[:1] == "_"):
             continue
         arguments = match.group("args")
         base = match.start("args")
@@ -287,6 +287,17 @@ def _named_in_environment_context(
         for literal in _LITERAL.finditer(value):
             hits.append((match.end() + literal.start(), literal.group("name"), None, "named"))
     return hits
+
+
+def _word_around(text: str, start: int, limit: int) -> str:
+    """The identifier that contains position `start` (read backwards, then forwards)."""
+    begin = start
+    while begin > 0 and (text[begin - 1].isalnum() or text[begin - 1] == "_"):
+        begin -= 1
+    end = start
+    while end < limit and (text[end].isalnum() or text[end] == "_"):
+        end += 1
+    return text[begin:end]
 
 
 def _bracketed(text: str, start: int, limit: int = 2_000) -> str:
