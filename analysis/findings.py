@@ -19,6 +19,18 @@ REGISTRY = "registry"
 INTROSPECTION = "introspection"
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# A package's executable as a manifest may name it: a plain command name, never a path or an
+# option. A repository could otherwise name `/bin/sh` and have this host run it.
+EXECUTABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,99}\Z")
+
+
+def plain_executables(names: object) -> tuple[str, ...]:
+    """The names that are plain command names; the rest are dropped."""
+    if not isinstance(names, (list, tuple, dict)):
+        return ()
+    return tuple(name for name in names if isinstance(name, str) and EXECUTABLE_NAME.match(name))
+
+
 FORMATS = ("string", "number", "boolean", "filepath")
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from django.conf import settings
 
+from analysis.findings import plain_executables
 from analysis.github import GITHUB_HOSTS, InvalidRepositoryURL, parse_repository_url
 
 logger = logging.getLogger(__name__)
@@ -266,9 +267,9 @@ def reachable_repository(published: PublishedVersion, owner: str, name: str) -> 
 def _npm_executables(identifier: str, bin_field: object) -> tuple[str, ...]:
     # A string `bin` installs one command named after the package, without its scope.
     if isinstance(bin_field, str) and bin_field:
-        return (identifier.rpartition("/")[2],)
+        return plain_executables([identifier.rpartition("/")[2]])
     if isinstance(bin_field, dict):
-        return tuple(key for key in bin_field if isinstance(key, str) and key)
+        return plain_executables(list(bin_field))
     return ()
 
 

@@ -22,6 +22,7 @@ from analysis.findings import (
     PackageCandidate,
     Setting,
     Source,
+    plain_executables,
 )
 from analysis.manifests.common import looks_secret
 from analysis.scanners.environment import BUNDLED, is_ambient, is_generic
@@ -237,7 +238,7 @@ def entry_command(document: dict[str, Any]) -> str:
     project whose scripts do not include its own name, or an npm package with several bins
     none of which is named after it. Empty means "the package's default"."""
     package = package_of(document)
-    executables = meta(document).get("package", {}).get("executables") or []
+    executables = plain_executables(meta(document).get("package", {}).get("executables") or [])
     if not package or not executables:
         return ""
     own_name = package["identifier"].rsplit("/", 1)[-1]

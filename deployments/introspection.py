@@ -28,6 +28,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, Implementation, PaginatedRequestParams
 from pydantic import BaseModel
 
+from analysis.findings import EXECUTABLE_NAME
 from deployments.models import Deployment
 from deployments.runtimes import sandbox
 from deployments.runtimes.base import package_command
@@ -368,6 +369,12 @@ def introspect_for_analysis(
                 ok=False, error="The draft deployment was not found."
             ).as_meta()
         return preflight(deployment, timeout=timeout).as_meta()
+    entry = str(package.get("entry") or "")
+    if entry and not EXECUTABLE_NAME.match(entry):
+        # Only ever a command the package installs: an analysis never runs a host program.
+        return IntrospectionResult(
+            ok=False, error=f"{entry!r} is not a command name the package could install."
+        ).as_meta()
     secrets = [
         str(variable.get("name"))
         for variable in package.get("environmentVariables") or []
@@ -377,7 +384,7 @@ def introspect_for_analysis(
         str(package["registryType"]),
         str(package["identifier"]),
         str(package.get("version") or ""),
-        entry=str(package.get("entry") or ""),
+        entry=entry,
         secret_names=secrets,
         timeout=timeout,
     ).as_meta()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from analysis.checkout import Checkout
-from analysis.findings import MANIFEST, Findings, PackageCandidate, Source
+from analysis.findings import MANIFEST, Findings, PackageCandidate, Source, plain_executables
 from analysis.manifests.common import ManifestError, text_value
 
 MCP_SDKS = ("@modelcontextprotocol/sdk", "fastmcp", "mcp-framework", "@modelcontextprotocol/server")
@@ -64,9 +64,9 @@ def read(checkout: Checkout, findings: Findings) -> None:
 
 def _executables(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str) and value:
-        return (name.rsplit("/", 1)[-1],)
+        return plain_executables([name.rsplit("/", 1)[-1]])
     if isinstance(value, dict):
-        return tuple(text_value(key, 100) for key in value if text_value(key, 100))
+        return plain_executables(list(value))
     return ()
 
 

@@ -6,7 +6,7 @@ import re
 import tomllib
 
 from analysis.checkout import Checkout
-from analysis.findings import MANIFEST, Findings, PackageCandidate, Source
+from analysis.findings import MANIFEST, Findings, PackageCandidate, Source, plain_executables
 from analysis.manifests.common import ManifestError, text_value
 
 MCP_LIBRARIES = re.compile(r"^\s*(?:mcp|fastmcp|mcp-server)\b", re.IGNORECASE)
@@ -70,7 +70,7 @@ def _read_pyproject(checkout: Checkout, path: str, findings: Findings) -> None:
                 identifier=name,
                 version=version,
                 source=source,
-                executables=tuple(scripts),
+                executables=plain_executables(list(scripts)),
                 runtime_hint="uvx",
             )
         )
@@ -82,7 +82,7 @@ def _read_pyproject(checkout: Checkout, path: str, findings: Findings) -> None:
                 identifier=name,
                 version="",
                 source=source,
-                executables=tuple(scripts),
+                executables=plain_executables(list(scripts)),
                 runtime_hint="uvx",
             )
         )
@@ -112,7 +112,7 @@ def _read_setup_py(checkout: Checkout, path: str, findings: Findings) -> None:
                 identifier=name.group(1),
                 version=version.group(1) if version else "",
                 source=Source(MANIFEST, path),
-                executables=tuple(scripts),
+                executables=plain_executables(list(scripts)),
                 runtime_hint="uvx",
             )
         )

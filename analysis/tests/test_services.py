@@ -11,7 +11,7 @@ import pytest
 
 from analysis import services
 from analysis.models import Analysis, AnalysisStatus, AnalysisStep
-from analysis.serverjson import META_KEY, validate
+from analysis.serverjson import META_KEY, entry_command, validate
 from analysis.tests import anthropic_standin
 from analysis.tests.anthropic_standin import API_KEY, AnthropicStandin
 from analysis.tests.github_standin import GitHubStandin
@@ -421,3 +421,24 @@ def test_a_hostile_tarball_fails_the_analysis_cleanly(owner, github, registry, t
     assert analysis.status == AnalysisStatus.FAILED
     assert "outside" in analysis.error
     assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_an_executable_named_as_a_host_path_is_never_offered_to_run(owner, github, registry):
+    manifest = dict(PACKAGE_JSON, bin={"/bin/sh": "dist/index.js", "--eval": "x.js"})
+    github.add_repository(
+        "acme", "weather-mcp", weather_files(**{"package.json": json.dumps(manifest).encode()})
+    )
+    registry.add_npm(
+        "weather-mcp",
+        {
+            "1.2.0": {
+                "repository": "github:acme/weather-mcp",
+                "bin": {"/bin/sh": "dist/index.js"},
+            }
+        },
+    )
+
+    analysis = run(owner, "https://github.com/acme/weather-mcp")
+
+    assert meta_of(analysis)["package"]["executables"] == []
+    assert entry_command(analysis.result) == ""

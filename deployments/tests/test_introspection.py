@@ -369,3 +369,14 @@ def test_an_analysis_preflight_on_a_draft_deployment_names_the_wrong_credential(
     assert "wrong-key-123" not in json.dumps(mine.result)
     # Another user's analysis cannot run someone else's deployment with its credentials.
     assert meta_of(theirs)["tools"]["error"] == "The draft deployment was not found."
+
+
+def test_an_analysis_never_introspects_a_host_program_named_as_the_entry():
+    from deployments.introspection import introspect_for_analysis
+
+    package = {"registryType": "npm", "identifier": "weather-mcp", "version": "1.2.0"}
+    for entry in ("/bin/sh", "../../bin/sh", "--eval"):
+        result = introspect_for_analysis({**package, "entry": entry}, owner_id=None)
+
+        assert result["verified"] is False
+        assert "not a command name" in result["error"]
