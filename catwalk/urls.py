@@ -89,6 +89,11 @@ urlpatterns = [
     path("analyses/new/", analysis_views.analysis_new, name="analysis-new"),
     path("analyses/<int:analysis_id>/", analysis_views.analysis_detail, name="analysis-detail"),
     path(
+        "analyses/<int:analysis_id>/deploy/",
+        deployment_views.deploy_analysis,
+        name="analysis-deploy",
+    ),
+    path(
         "analyses/<int:analysis_id>/server.json",
         analysis_views.analysis_server_json,
         name="analysis-server-json",

@@ -1,5 +1,5 @@
-"""Forms for deployments: the credentials a server needs, generated from its analysis, and a
-user's own GitHub token."""
+"""Forms for deployments: a new deployment's name and process model, the credentials a server
+needs, generated from its analysis, and a user's own GitHub token."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString
 
 from deployments.github_tokens import validate_github_token
-from deployments.models import ENV_NAME_VALIDATOR
+from deployments.models import ENV_NAME_VALIDATOR, SLUG_VALIDATOR, ProcessModel
 
 MAX_VALUE_BYTES = 32 * 1024
 RESERVED_PREFIX = "CATWALK_"
@@ -211,6 +211,30 @@ def _field_for(variable: Mapping[str, Any], stored: bool) -> forms.Field:
                 empty_value="", **_choices(BOOLEAN_CHOICES, initial, required, stored), **common
             )
     return forms.CharField(initial=initial, validators=[_within_size], **common)
+
+
+class DeployForm(forms.Form):
+    """What a new deployment is called and how it runs; its credentials are a CredentialForm."""
+
+    # Environment variable names cannot contain "-", so prefixed fields never clash with the
+    # CredentialForm's fields on the same page.
+    prefix = "deployment"
+
+    name = forms.CharField(
+        max_length=63,
+        validators=[SLUG_VALIDATOR],
+        help_text="Lowercase letters, digits and hyphens. It names the deployment on your "
+        "dashboard.",
+    )
+    process_model = forms.ChoiceField(
+        label="Process model",
+        choices=ProcessModel.choices,
+        initial=ProcessModel.SHARED,
+        widget=forms.RadioSelect,
+        help_text="Shared uses the least memory and suits most servers. Choose isolated when "
+        "the server keeps state per user (files, a browser, a login) that sessions must not "
+        "share; each session then costs a process of its own.",
+    )
 
 
 class GitHubTokenForm(forms.Form):

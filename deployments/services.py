@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -55,7 +57,8 @@ class QuotaExceeded(DeploymentError):
 
 def _lock_owner(owner) -> None:
     """Serialise quota checks per owner: two requests cannot both take the last slot."""
-    type(owner).objects.select_for_update().filter(pk=owner.pk).exists()
+    # The model, not type(owner): a request's user is a lazy wrapper around the instance.
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).exists()
 
 
 def _check_deployment_quota(owner) -> None:
@@ -162,11 +165,15 @@ def create_deployment(
     runtime: str = Runtime.LOCAL,
     runtime_settings: dict | None = None,
     issued_to: str,
+    analysis=None,
+    secret_names: Collection[str] | None = None,
 ) -> tuple[Deployment, str]:
     """Create a deployment with its encrypted credentials and a first access token.
 
-    `issued_to` labels the first access token. Returns the deployment and the token's plaintext
-    (shown once). Raises DeploymentError.
+    `issued_to` labels the first access token. `analysis` is the analysis it was configured
+    from, if any. Every credential is stored encrypted; with `secret_names` given, those not
+    named in it are marked not secret (without it, all are secret). Returns the deployment and
+    the token's plaintext (shown once). Raises DeploymentError.
     The runtime is told once the transaction has committed.
     """
     environment = environment or {}
@@ -183,6 +190,7 @@ def create_deployment(
     deployment = Deployment(
         owner=owner,
         name=name,
+        analysis=analysis,
         package_registry=package.registry,
         package_name=package.name,
         package_version=package.version,
@@ -206,7 +214,11 @@ def create_deployment(
             _check_running_quota(owner)
             deployment.save()
             for key, value in environment.items():
-                credential = Credential(deployment=deployment, name=key)
+                credential = Credential(
+                    deployment=deployment,
+                    name=key,
+                    is_secret=secret_names is None or key in secret_names,
+                )
                 credential.set_value(value)
                 credential.save()
             DeploymentEvent.objects.create(
