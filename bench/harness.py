@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import peers, report, sandbox_start
+from bench import analysis_static, peers, report, sandbox_start
 from bench.load import LoadResult, run_stdio_load, run_wrk
 from bench.proctree import (
     ServerProcess,
@@ -52,6 +52,8 @@ from bench.wire import HttpSession, StdioSession, open_http_session
 
 RESULTS_DIR = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
+# Parts of a run, each with its own section of the docs page; --only narrows a run to one.
+SECTIONS = ("relay", "sandbox", "analysis")
 START_TIMEOUT_S = 60.0
 
 
@@ -341,6 +343,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="starts timed with and without the sandbox; 0 skips that part (default 15)",
     )
     parser.add_argument(
+        "--analysis-repeats",
+        type=int,
+        default=int(env("BENCH_ANALYSIS_REPEATS", str(analysis_static.REPEATS))),
+        help="static analyses timed per corpus server after the cold one; 0 skips that part "
+        f"(default {analysis_static.REPEATS})",
+    )
+    parser.add_argument(
+        "--only",
+        choices=SECTIONS,
+        default=env("BENCH_ONLY"),
+        help="run only this section of the benchmark (env BENCH_ONLY; default: all)",
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=Path(env("BENCH_RESULTS_DIR", str(RESULTS_DIR))),
@@ -357,6 +372,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--concurrency must be integers separated by commas: {args.concurrency!r}")
     if args.duration <= 0 or args.cold_starts < 1 or min(args.concurrency) < 1:
         parser.error("--duration, --cold-starts and every concurrency must be positive")
+    if args.analysis_repeats < 0:
+        parser.error("--analysis-repeats must be 0 (skip) or more")
+    if args.only is not None and args.only not in SECTIONS:  # from BENCH_ONLY, unchecked
+        parser.error(f"unknown section {args.only!r}; choose from {list(SECTIONS)}")
     return args
 
 
@@ -377,8 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         logs_dir=args.results_dir / stamp / "logs",
     )
+    sections = {args.only} if args.only else set(SECTIONS)
     results = []
-    for name in args.targets.split(","):
+    for name in args.targets.split(",") if "relay" in sections else []:
         print(f"{name}: measuring…", flush=True)
         result = measure(TARGETS[name], settings)
         if result.skipped:
@@ -388,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(result)
 
     sandbox_markdown = None
-    if args.sandbox_starts:
+    if args.sandbox_starts and "sandbox" in sections:
         reason = sandbox_start.unavailable()
         if reason:
             print(f"sandbox start: skipped ({reason})")
@@ -400,28 +420,45 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timings, settings.server_command, args.sandbox_starts
             )
 
+    analysis, analysis_failed = None, False
+    if args.analysis_repeats and "analysis" in sections:
+        print("repository analysis: measuring…", flush=True)
+        try:
+            analysis = analysis_static.measure(*analysis_static.corpus(), args.analysis_repeats)
+        except Exception as exc:  # the other sections' numbers still get reported
+            print(f"  repository analysis: FAILED {type(exc).__name__}: {exc}")
+            analysis_failed = True
+
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     context = report.collect_context(settings, command=command, started=started)
-    markdown = report.render(results, context)
-    print()
-    print(markdown)
-    if sandbox_markdown:
-        print()
-        print(sandbox_markdown)
+    markdown = report.render(results, context) if "relay" in sections else None
+    analysis_markdown = analysis_static.render(analysis, context) if analysis else None
+    for section in (markdown, sandbox_markdown, analysis_markdown):
+        if section:
+            print()
+            print(section)
     json_path = args.results_dir / f"{stamp}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(
         json.dumps(
-            {"context": context, "results": [report.result_json(r) for r in results]}, indent=2
+            {
+                "context": context,
+                "results": [report.result_json(r) for r in results],
+                "analysis": [row.as_dict() for row in analysis.rows] if analysis else None,
+            },
+            indent=2,
         )
     )
     print(f"raw results: {json_path}")
-    all_valid = all(result.valid for result in results)
+    all_valid = all(result.valid for result in results) and not analysis_failed
     if not args.no_docs:
         if all_valid:
-            report.update_docs(args.docs, markdown)
+            if markdown:
+                report.update_docs(args.docs, markdown)
             if sandbox_markdown:
                 sandbox_start.update_docs(args.docs, sandbox_markdown)
+            if analysis_markdown:
+                analysis_static.update_docs(args.docs, analysis_markdown)
             print(f"updated {args.docs}")
         else:
             print(f"not updating {args.docs}: the run has errors and is invalid")

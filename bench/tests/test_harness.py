@@ -37,6 +37,7 @@ def run_harness(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
             "--quiet-wait=0",
             f"--results-dir={tmp_path / 'results'}",
             "--sandbox-starts=0",
+            "--analysis-repeats=0",
             *args,
         ],
         cwd=REPO,
