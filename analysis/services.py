@@ -33,7 +33,14 @@ from analysis import llm
 from analysis.checkout import Checkout
 from analysis.github import GitHubClient, GitHubError, RepoRef, parse_repository_url
 from analysis.models import Analysis, AnalysisStatus, AnalysisStep, Repository
-from analysis.pipeline import ANALYSER_VERSION, Draft, Origin, analyse_folder
+from analysis.pipeline import (
+    ANALYSER_VERSION,
+    Draft,
+    Origin,
+    build,
+    read_manifests_step,
+    scan_step,
+)
 from analysis.registry import (
     RegistryClient,
     RegistryError,
@@ -113,8 +120,14 @@ def analyse_commit(
         progress(AnalysisStep.MANIFESTS)
         step = time.monotonic()
         origin = Origin(reference.owner, reference.name, reference.subdirectory, sha, reference.ref)
-        draft = analyse_folder(Checkout(folder), origin)
-        timings["static"] = time.monotonic() - step
+        checkout = Checkout(folder)
+        findings = read_manifests_step(checkout)
+        timings["manifests"] = time.monotonic() - step
+        progress(AnalysisStep.SCANNING)
+        step = time.monotonic()
+        evidence = scan_step(checkout, findings)
+        draft = build(checkout, findings, origin, evidence)
+        timings["scanning"] = time.monotonic() - step
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress(AnalysisStep.REGISTRY)

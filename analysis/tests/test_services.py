@@ -164,6 +164,7 @@ def test_every_step_is_recorded_in_order(owner, github, registry):
     assert steps == [
         AnalysisStep.FETCHING,
         AnalysisStep.MANIFESTS,
+        AnalysisStep.SCANNING,
         AnalysisStep.REGISTRY,
     ]
     assert all("seconds" in entry for entry in analysis.progress[:-1])
@@ -442,3 +443,23 @@ def test_an_executable_named_as_a_host_path_is_never_offered_to_run(owner, githu
 
     assert meta_of(analysis)["package"]["executables"] == []
     assert entry_command(analysis.result) == ""
+
+
+def test_a_requested_analysis_runs_as_a_celery_task_once_the_request_commits(
+    owner, github, registry, django_capture_on_commit_callbacks, monkeypatch
+):
+    from catwalk.celery import app
+
+    github.add_repository("acme", "weather-mcp", weather_files())
+    publish_weather(registry)
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        analysis = services.request_analysis(owner, "https://github.com/acme/weather-mcp", STATIC)
+        assert Analysis.objects.get(pk=analysis.pk).status == AnalysisStatus.PENDING
+
+    analysis.refresh_from_db()
+    assert len(callbacks) == 1
+    assert analysis.status == AnalysisStatus.SUCCEEDED, analysis.error
+    assert analysis.variant == "static"
+    assert analysis.result["packages"][0]["identifier"] == "weather-mcp"
