@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tarfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,3 +203,29 @@ def publish(standin, entries: Iterable[CorpusEntry]) -> dict[tuple[str, str], st
         )
         for (owner, name), files in repositories(entries).items()
     }
+
+
+@contextmanager
+def served(entries: Iterable[CorpusEntry]) -> Iterator[tuple[object, object]]:
+    """The entries' repositories and packages served by local GitHub and registry stand-ins,
+    with the settings pointing at them; yields (github, registry)."""
+    from django.test.utils import override_settings
+
+    from analysis.tests.github_standin import GitHubStandin
+    from analysis.tests.registry_standin import RegistryStandin
+
+    entries = list(entries)
+    github, registry = GitHubStandin(), RegistryStandin()
+    try:
+        publish(github, entries)
+        publish_packages(registry, entries)
+        with override_settings(
+            GITHUB_API_URL=github.api_url,
+            GITHUB_TOKEN="",
+            NPM_REGISTRY_URL=registry.npm_url,
+            PYPI_URL=registry.pypi_url,
+        ):
+            yield github, registry
+    finally:
+        github.close()
+        registry.close()

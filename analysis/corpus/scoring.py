@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis.corpus.fixtures import CorpusEntry, load_corpus, publish, publish_packages
+from analysis.corpus.fixtures import CorpusEntry, load_corpus, served
 from analysis.serverjson import package_of
 
 PACKAGE_KEYS = ("registryType", "identifier", "version", "transport", "runtimeHint")
@@ -143,34 +143,31 @@ def score_document(entry: CorpusEntry, document: dict[str, Any], seconds: float)
     )
 
 
-def score_corpus(github, registry, entries: Iterable[CorpusEntry] | None = None) -> CorpusScore:
-    """Analyse every corpus entry through stand-ins already wired into the settings."""
-    from analysis import services  # needs Django's settings, which the callers configure
+def score_corpus(entries: Iterable[CorpusEntry] | None = None) -> CorpusScore:
+    """Analyse every corpus entry, served by local stand-ins of GitHub and the registries."""
+    from analysis import services  # needs Django's settings
 
     entries = list(entries if entries is not None else load_corpus())
-    publish(github, entries)
-    publish_packages(registry, entries)
-    servers = []
-    for entry in entries:
-        started = time.perf_counter()
-        try:
-            document, _ = services.analyse(
-                entry.repository, services.Options(use_claude=False, introspect=False)
-            )
-        except Exception as exc:  # a failed entry is scored, not fatal
-            servers.append(
-                ServerScore(
-                    slug=entry.slug,
-                    package_expected={k: entry.expected["package"][k] for k in PACKAGE_KEYS},
-                    package_found={},
-                    expected={v["name"] for v in entry.expected["environmentVariables"]},
-                    found=set(),
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-            )
-            continue
-        servers.append(score_document(entry, document, time.perf_counter() - started))
-    return CorpusScore(servers)
+    with served(entries):
+        return CorpusScore([_score_entry(services, entry) for entry in entries])
+
+
+def _score_entry(services, entry: CorpusEntry) -> ServerScore:
+    started = time.perf_counter()
+    try:
+        document, _ = services.analyse(
+            entry.repository, services.Options(use_claude=False, introspect=False)
+        )
+    except Exception as exc:  # a failed entry is scored, not fatal
+        return ServerScore(
+            slug=entry.slug,
+            package_expected={k: entry.expected["package"][k] for k in PACKAGE_KEYS},
+            package_found={},
+            expected={v["name"] for v in entry.expected["environmentVariables"]},
+            found=set(),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    return score_document(entry, document, time.perf_counter() - started)
 
 
 def markdown(score: CorpusScore, command: str) -> str:

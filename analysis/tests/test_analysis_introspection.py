@@ -7,13 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.test.utils import override_settings
 
 from analysis import services
-from analysis.corpus.fixtures import load_corpus, publish, publish_packages
+from analysis.corpus.fixtures import load_corpus, served
 from analysis.serverjson import META_KEY
-from analysis.tests.github_standin import GitHubStandin
-from analysis.tests.registry_standin import RegistryStandin
 from deployments.runtimes import sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
@@ -22,21 +19,8 @@ SERVERS = ("modelcontextprotocol-server-everything", "mcp-server-time")
 
 @pytest.fixture(scope="module")
 def standins() -> Iterator[None]:
-    entries = [entry for entry in load_corpus() if entry.slug in SERVERS]
-    github, registry = GitHubStandin(), RegistryStandin()
-    publish(github, entries)
-    publish_packages(registry, entries)
-    try:
-        with override_settings(
-            GITHUB_API_URL=github.api_url,
-            GITHUB_TOKEN="",
-            NPM_REGISTRY_URL=registry.npm_url,
-            PYPI_URL=registry.pypi_url,
-        ):
-            yield
-    finally:
-        github.close()
-        registry.close()
+    with served(entry for entry in load_corpus() if entry.slug in SERVERS):
+        yield
 
 
 @pytest.fixture(autouse=True)

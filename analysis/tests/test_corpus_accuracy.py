@@ -6,33 +6,16 @@ stand-in; `python manage.py score_analysis` prints the same score as a table
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from analysis.corpus.scoring import CorpusScore, score_corpus
-from analysis.tests.github_standin import GitHubStandin
-from analysis.tests.registry_standin import RegistryStandin
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 
 @pytest.fixture(scope="module")
-def score() -> Iterator[CorpusScore]:
-    from django.test.utils import override_settings
-
-    github, registry = GitHubStandin(), RegistryStandin()
-    try:
-        with override_settings(
-            GITHUB_API_URL=github.api_url,
-            GITHUB_TOKEN="",
-            NPM_REGISTRY_URL=registry.npm_url,
-            PYPI_URL=registry.pypi_url,
-        ):
-            yield score_corpus(github, registry)
-    finally:
-        github.close()
-        registry.close()
+def score() -> CorpusScore:
+    return score_corpus()
 
 
 def test_every_server_is_analysed(score):
