@@ -19,15 +19,16 @@ _CONSOLE_SCRIPT = re.compile(
 
 def read(checkout: Checkout, findings: Findings) -> None:
     path = checkout.top_level("pyproject.toml")
-    if path is not None:
-        _read_pyproject(checkout, path, findings)
+    # A pyproject.toml that only configures tools (black, ruff) leaves the package to setup.py.
+    if path is not None and _read_pyproject(checkout, path, findings):
         return
     path = checkout.top_level("setup.py")
     if path is not None:
         _read_setup_py(checkout, path, findings)
 
 
-def _read_pyproject(checkout: Checkout, path: str, findings: Findings) -> None:
+def _read_pyproject(checkout: Checkout, path: str, findings: Findings) -> bool:
+    """Read a project's metadata; False when the file declares no project name."""
     try:
         document = tomllib.loads(checkout.text(path) or "")
     except tomllib.TOMLDecodeError as exc:
@@ -41,6 +42,8 @@ def _read_pyproject(checkout: Checkout, path: str, findings: Findings) -> None:
     )
     poetry = poetry if isinstance(poetry, dict) else {}
     name = text_value(project.get("name") or poetry.get("name"), 200)
+    if not name:
+        return False
     version = text_value(project.get("version") or poetry.get("version"), 100)
     findings.describe(text_value(project.get("description") or poetry.get("description")), source)
     findings.version = findings.version or version
@@ -86,6 +89,7 @@ def _read_pyproject(checkout: Checkout, path: str, findings: Findings) -> None:
                 runtime_hint="uvx",
             )
         )
+    return True
 
 
 def _read_setup_py(checkout: Checkout, path: str, findings: Findings) -> None:

@@ -15,7 +15,7 @@ from analysis.findings import DOCUMENTATION, MANIFEST, Findings, Source
 from analysis.manifests.common import loads_lenient, looks_secret, text_value
 
 _FENCE = re.compile(
-    r"^(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$",
+    r"^[ \t]*(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^[ \t]*(?P=fence)[ \t]*$",
     re.DOTALL | re.MULTILINE,
 )
 CONFIG_KEYS = ("mcpServers", "servers", "context_servers", "mcp_servers")
@@ -159,4 +159,6 @@ def _record_arguments(launcher: str, args: list[str], findings: Findings, source
 
 
 def _looks_like_path(value: str) -> bool:
+    if "://" in value:
+        return False  # a connection URL, not a file
     return value.startswith(("/", "~", "./", "../", "${")) or "/" in value or "\\" in value

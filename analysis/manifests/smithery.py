@@ -17,7 +17,7 @@ from analysis.manifests.common import ManifestError, json_format, text_value
 
 _ENV_BLOCK = re.compile(r"\benv\s*[:=]\s*\{(?P<body>.*?)\}", re.DOTALL)
 _ENV_PAIR = re.compile(
-    r"['\"]?(?P<name>[A-Z][A-Z0-9_]*)['\"]?\s*:\s*(?:String\()?\s*config\s*(?:\.\s*(?P<prop>\w+)|\[\s*['\"](?P<quoted>[^'\"]+)['\"]\s*\])"
+    r"['\"]?(?P<name>[A-Z][A-Z0-9_]*)['\"]?\s*:\s*(?:String\()?\s*config\s*\??(?:\.\s*(?P<prop>\w+)|\[\s*['\"](?P<quoted>[^'\"]+)['\"]\s*\])"
 )
 _ENV_KEY = re.compile(r"['\"]?(?P<name>[A-Z][A-Z0-9_]{2,})['\"]?\s*:")
 

@@ -13,17 +13,17 @@ _HELP = r"(?:[^)]{0,400}?\bhelp\s*=\s*(?P<help>'[^'\n]{0,300}'|\"[^\"\n]{0,300}\
 PATTERNS = {
     "python": [
         re.compile(
-            r"\.add_argument\(\s*(?:['\"]-\w['\"]\s*,\s*)?['\"](?P<name>--[a-z0-9][a-z0-9-]*)['\"]"
+            r"\.add_argument\(\s*(?:['\"]-\w['\"]\s*,\s*)?['\"](?P<name>--[a-z0-9][A-Za-z0-9_-]*)['\"]"
             + _HELP
         ),
         re.compile(
-            r"@click\.option\(\s*(?:['\"]-\w['\"]\s*,\s*)?['\"](?P<name>--[a-z0-9][a-z0-9-]*)['\"]"
+            r"@click\.option\(\s*(?:['\"]-\w['\"]\s*,\s*)?['\"](?P<name>--[a-z0-9][A-Za-z0-9_-]*)['\"]"
             + _HELP
         ),
     ],
     "javascript": [
         re.compile(
-            r"\.(?:option|requiredOption|addOption)\(\s*(?:new\s+Option\(\s*)?['\"`](?:-\w,?\s*)?(?P<name>--[a-z0-9][a-z0-9-]*)[^'\"`]*['\"`]"
+            r"\.(?:option|requiredOption|addOption)\(\s*(?:new\s+Option\(\s*)?['\"`](?:-\w,?\s*)?(?P<name>--[a-z0-9][A-Za-z0-9_-]*)[^'\"`]*['\"`]"
             r"(?:\s*,\s*(?P<help>'[^'\n]{0,300}'|\"[^\"\n]{0,300}\"|`[^`\n]{0,300}`))?"
         ),
     ],
@@ -31,7 +31,7 @@ PATTERNS = {
 IGNORED = {"--help", "--version"}
 # Hand-rolled argv parsing: `args[i] === "--port"`, `case "--host":`, `argv.includes("--x")`.
 _ARGV_COMPARISON = re.compile(
-    r"(?:===?|!==?|\bcase|includes\(|startsWith\(|\bin\s*\()\s*['\"`](?P<name>--[a-z0-9][a-z0-9-]*)"
+    r"(?:===?|!==?|\bcase|includes\(|startsWith\(|\bin\s*\()\s*['\"`](?P<name>--[a-z0-9][A-Za-z0-9_-]*)"
     r"(?:=)?['\"`]"
 )
 # node:util `parseArgs({ options: { "read-only": { type: "boolean" } } })`.
