@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from analysis import recipe
 from analysis.checkout import Checkout
 from analysis.findings import Findings
 from analysis.manifests import read_manifests
@@ -30,7 +31,7 @@ from analysis.serverjson import (
 
 # Bumped whenever a change to the analysis could change its result: cached analyses of an
 # older version are not reused.
-ANALYSER_VERSION = "1"
+ANALYSER_VERSION = "2"
 README_EVIDENCE_CHARS = 30_000
 
 
@@ -64,7 +65,14 @@ def scan_step(checkout: Checkout, findings: Findings) -> dict[str, list[str]]:
     return evidence
 
 
-def build(checkout: Checkout, findings: Findings, origin: Origin, evidence: dict) -> Draft:
+def build(
+    checkout: Checkout,
+    findings: Findings,
+    origin: Origin,
+    evidence: dict,
+    root: Checkout | None = None,
+) -> Draft:
+    """The draft document. `root` is the whole repository when `checkout` is a subfolder."""
     package = choose_package(findings)
     variables = select_variables(findings)
     argument_settings = list(findings.arguments.values())
@@ -88,6 +96,9 @@ def build(checkout: Checkout, findings: Findings, origin: Origin, evidence: dict
     if findings.title:
         document["title"] = findings.title
     chosen_transport = transport_of(findings, package)
+    source_recipe = recipe.derive(
+        root or checkout, origin.subdirectory if root else "", findings, chosen_transport
+    )
     if package and package.registry in ("npm", "pypi"):
         document["packages"].append(
             {
@@ -106,7 +117,11 @@ def build(checkout: Checkout, findings: Findings, origin: Origin, evidence: dict
             "analyserVersion": ANALYSER_VERSION,
             "commit": origin.commit,
             "ref": origin.ref,
-            "deployable": "package" if document["packages"] else _source_verdict(findings),
+            "deployable": "package"
+            if document["packages"]
+            else source_verdict(source_recipe.as_meta(), findings.build),
+            # How to build and run it from source, derived from its manifests (analysis.recipe).
+            "source": source_recipe.as_meta(),
             "package": {
                 "source": package.source.as_dict() if package else None,
                 "executables": list(package.executables) if package else [],
@@ -150,17 +165,17 @@ def build(checkout: Checkout, findings: Findings, origin: Origin, evidence: dict
     return Draft(document=document, findings=findings, evidence=draft_evidence)
 
 
-def _source_verdict(findings: Findings) -> str:
-    """How a repository that names no published package could still run."""
-    if "node" in findings.build or "python" in findings.build:
+def source_verdict(source: dict, build_facts: dict) -> str:
+    """How a repository that no registry publishes could still run."""
+    if source.get("runnable"):
         return "source"
-    if "docker" in findings.build:
+    if "docker" in build_facts and not ({"node", "python"} & set(build_facts)):
         return "docker-only"
     return "unknown"
 
 
-def analyse_folder(checkout: Checkout, origin: Origin) -> Draft:
+def analyse_folder(checkout: Checkout, origin: Origin, root: Checkout | None = None) -> Draft:
     """Layers 1 and 2 over a folder: the draft document, before registry, Claude, introspection."""
     findings = read_manifests_step(checkout)
     evidence = scan_step(checkout, findings)
-    return build(checkout, findings, origin, evidence)
+    return build(checkout, findings, origin, evidence, root)

@@ -40,6 +40,7 @@ from analysis.pipeline import (
     build,
     read_manifests_step,
     scan_step,
+    source_verdict,
 )
 from analysis.registry import (
     RegistryClient,
@@ -126,7 +127,7 @@ def analyse_commit(
         progress(AnalysisStep.SCANNING)
         step = time.monotonic()
         evidence = scan_step(checkout, findings)
-        draft = build(checkout, findings, origin, evidence)
+        draft = build(checkout, findings, origin, evidence, Checkout(work / "tree"))
         timings["scanning"] = time.monotonic() - step
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -216,14 +217,7 @@ def _unpublish(document: dict[str, Any], reason: str) -> None:
     findings = meta(document)
     package = document["packages"].pop(0)
     findings["warnings"].append(reason)
-    build = findings.get("build") or {}
-    findings["deployable"] = (
-        "source"
-        if "node" in build or "python" in build
-        else "docker-only"
-        if "docker" in build
-        else "unknown"
-    )
+    findings["deployable"] = source_verdict(findings["source"], findings.get("build") or {})
     findings["unpublished"] = {
         "environmentVariables": package.get("environmentVariables", []),
         "packageArguments": package.get("packageArguments", []),
@@ -235,18 +229,12 @@ def _explain_unpublished(findings: dict[str, Any]) -> None:
     verdict = findings.get("deployable")
     if verdict == "source":
         findings["warnings"].append(
-            "No published package runs this server: it would have to be built from source "
-            "(its build recipe is under build)."
-        )
-    elif verdict == "docker-only":
-        findings["warnings"].append(
-            "This repository only ships a Dockerfile, which Catwalk cannot run yet."
+            "No published package runs this server: it is built from source at this commit "
+            "(the recipe is under source)."
         )
     else:
-        findings["warnings"].append(
-            "No package manifest (package.json, pyproject.toml, setup.py) or server.json was "
-            "found: Catwalk cannot tell how to run this server."
-        )
+        reason = findings.get("source", {}).get("reason") or "Catwalk cannot tell how to run it."
+        findings["warnings"].append(f"This server cannot be deployed yet: {reason}")
 
 
 def _label(registry: str) -> str:
