@@ -293,6 +293,12 @@ ANALYSIS_INTROSPECTION_TIMEOUT_SECONDS = config.read_int(
     "ANALYSIS_INTROSPECTION_TIMEOUT_SECONDS", 180, minimum=10
 )
 
+# --- Builds from source (deployments/builds.py) -----------------------------------------------
+# A build step (install, build script) running longer than this is stopped and the build fails.
+BUILD_TIMEOUT_SECONDS = config.read_int("BUILD_TIMEOUT_SECONDS", 900, minimum=30)
+# A build whose folder (sources, dependencies, output) grows past this fails.
+BUILD_MAX_MB = config.read_int("BUILD_MAX_MB", 2048, minimum=16)
+
 # --- Analysis: package registries (analysis/registry.py) --------------------------------------
 NPM_REGISTRY_URL = config.read("NPM_REGISTRY_URL", "https://registry.npmjs.org").rstrip("/")
 PYPI_URL = config.read("PYPI_URL", "https://pypi.org").rstrip("/")

@@ -101,6 +101,14 @@ class Deployment(models.Model):
         help_text="Executable to run where the package alone is not enough.",
     )
     entry_args = models.JSONField(default=list, blank=True)
+    # A source deployment runs the entry point of this build (package_registry "source").
+    source_build = models.ForeignKey(
+        "SourceBuild",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="deployments",
+    )
 
     runtime = models.CharField(max_length=10, choices=Runtime.choices, default=Runtime.LOCAL)
     runtime_settings = models.JSONField(default=dict, blank=True)
@@ -479,3 +487,50 @@ class GitHubToken(models.Model):
 
     def get_token(self) -> str:
         return crypto.decrypt(self.encrypted_token, what=f"the GitHub token of user {self.user_id}")
+
+
+class BuildStatus(models.TextChoices):
+    BUILDING = "building", "Building"
+    SUCCEEDED = "succeeded", "Built"
+    FAILED = "failed", "Failed"
+
+
+class SourceBuild(models.Model):
+    """A repository folder built at one commit with one recipe; shared by every deployment of
+    the same (repository, folder, commit, recipe), so a second deploy reuses it."""
+
+    repository = models.CharField(max_length=201, help_text="owner/name on GitHub.")
+    subfolder = models.CharField(max_length=500, blank=True)
+    commit_sha = models.CharField(max_length=40)
+    recipe = models.JSONField(help_text="The analysis's recipe (analysis.recipe.Recipe).")
+    recipe_hash = models.CharField(max_length=64)
+    status = models.CharField(
+        max_length=10, choices=BuildStatus.choices, default=BuildStatus.BUILDING
+    )
+    error = models.TextField(blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["repository", "subfolder", "commit_sha", "recipe_hash"],
+                name="source_build_unique_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        where = f"/{self.subfolder}" if self.subfolder else ""
+        return f"{self.repository}{where}@{self.commit_sha[:7]} ({self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None

@@ -23,6 +23,7 @@ from deployments.models import (
     TOKEN_PREFIX,
     TOKEN_VISIBLE_CHARS,
     AccessToken,
+    BuildStatus,
     Credential,
     Deployment,
     DeploymentEvent,
@@ -31,6 +32,7 @@ from deployments.models import (
     PackageRegistry,
     ProcessModel,
     Runtime,
+    SourceBuild,
     Status,
     hash_token,
 )
@@ -40,6 +42,7 @@ from deployments.runtimes.base import (
     get_runtime,
     list_tools,
     package_command,
+    validate_entry,
 )
 
 RESERVED_ENV_PREFIX = "CATWALK_BRIDGE_"
@@ -153,6 +156,12 @@ def _check_environment(environment: dict[str, str]) -> None:
             raise DeploymentError(f"{key!r}: names starting {RESERVED_ENV_PREFIX} are reserved")
 
 
+def source_package(build: SourceBuild) -> PackageSpec:
+    """How a source deployment names what it runs: the repository folder at its commit."""
+    where = f"{build.repository}/{build.subfolder}" if build.subfolder else build.repository
+    return PackageSpec(PackageRegistry.SOURCE, where, build.commit_sha[:12])
+
+
 def create_deployment(
     owner,
     package: PackageSpec,
@@ -167,6 +176,7 @@ def create_deployment(
     issued_to: str,
     analysis=None,
     secret_names: Collection[str] | None = None,
+    source_build: SourceBuild | None = None,
 ) -> tuple[Deployment, str]:
     """Create a deployment with its encrypted credentials and a first access token.
 
@@ -179,7 +189,16 @@ def create_deployment(
     environment = environment or {}
     entry_args = entry_args or []
     try:
-        package_command(package.registry, package.name, package.version, entry_command, entry_args)
+        if source_build is not None:
+            # A source deployment runs its build's entry point, never a command of its own.
+            if source_build.status != BuildStatus.SUCCEEDED or entry_command:
+                raise PackageError("a source deployment needs a finished build and no entry")
+            validate_entry("", entry_args)
+            package = source_package(source_build)
+        else:
+            package_command(
+                package.registry, package.name, package.version, entry_command, entry_args
+            )
     except PackageError as exc:
         raise DeploymentError(str(exc)) from None
     _check_environment(environment)
@@ -194,6 +213,7 @@ def create_deployment(
         package_registry=package.registry,
         package_name=package.name,
         package_version=package.version,
+        source_build=source_build,
         entry_command=entry_command,
         entry_args=entry_args,
         runtime=runtime,

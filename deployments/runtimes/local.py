@@ -33,7 +33,8 @@ import psutil
 from django.conf import settings
 from django.db import transaction
 
-from deployments.models import Deployment, ProcessModel, Status
+from analysis.recipe import Recipe
+from deployments.models import Deployment, PackageRegistry, ProcessModel, Status
 from deployments.runtimes import sandbox
 from deployments.runtimes.base import (
     Endpoint,
@@ -58,6 +59,39 @@ def run_root() -> Path:
 
 def cache_root() -> Path:
     return settings.DATA_DIR / "cache"
+
+
+def builds_root() -> Path:
+    return settings.DATA_DIR / "builds"
+
+
+def build_app_folder(build_id: object) -> Path:
+    """Where a source build's repository tree (and its dependencies) lives on the host."""
+    return builds_root() / str(build_id) / "app"
+
+
+# Where a sandboxed server of a source deployment finds its build (read-only, through its own
+# overlay layer), and the `sh -c` prefix that runs the rest of a command line in a folder.
+APP_MOUNT = "/srv/app"
+IN_FOLDER = ("/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh")
+
+
+def source_entry(recipe: Recipe, app: str) -> list[str]:
+    """A source build's server command, with the build at `app`."""
+    if recipe.ecosystem == "node":
+        return ["node", f"{app}/{recipe.entry['file']}"]
+    venv = f"{app}/{recipe.folder}/.venv".replace("//", "/")
+    python = f"{venv}/bin/python"
+    kind, value = next(iter(recipe.entry.items()))
+    if kind == "script":
+        return [python, f"{venv}/bin/{value}"]
+    if kind == "module":
+        return [python, "-m", value]
+    return [python, f"{app}/{recipe.folder}/{value}".replace("//", "/")]
+
+
+def source_folder(recipe: Recipe, app: str) -> str:
+    return f"{app}/{recipe.folder}".rstrip("/")
 
 
 def short_socket_dir() -> Path:
@@ -428,6 +462,20 @@ def session_limits(deployment: Deployment) -> list[str]:
     return ["--max-sessions", str(cap), "--session-idle-timeout", str(idle)]
 
 
+def source_recipe(deployment: Deployment) -> tuple[Recipe, int]:
+    """A source deployment's recipe and build id; PackageError when it cannot run (yet)."""
+    build = deployment.source_build
+    if build is None or build.status != "succeeded":
+        raise PackageError("the source build has not finished")
+    try:
+        recipe = Recipe.from_meta(build.recipe)
+    except ValueError as exc:
+        raise PackageError(f"the build recipe cannot be used: {exc}") from None
+    if not build_app_folder(build.pk).is_dir():
+        raise PackageError("the source build's files are missing; deploy again to rebuild")
+    return recipe, build.pk
+
+
 def launch_spec(deployment: Deployment) -> LaunchSpec:
     """The bridge command for a deployment.
 
@@ -435,11 +483,23 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
     CATWALK_UNSAFE_NO_SANDBOX is not set. Sandboxed, writes the launcher's profile.
     """
     paths = run_paths(deployment.id)
-    server = deployment_command(
-        deployment,
-        uvx=os.path.join(os.path.dirname(sys.executable), "uvx"),
-    )
     check = sandbox.check()
+    caches = shared_caches()
+    work = str(paths.work)
+    if deployment.package_registry == PackageRegistry.SOURCE:
+        recipe, build = source_recipe(deployment)
+        app = APP_MOUNT if check.enabled else str(build_app_folder(build))
+        server = [*source_entry(recipe, app), *(deployment.entry_args or [])]
+        if check.enabled:
+            server = [*IN_FOLDER, source_folder(recipe, app), *server]
+            caches = {**caches, str(build_app_folder(build)): APP_MOUNT}
+        else:
+            work = source_folder(recipe, app)
+    else:
+        server = deployment_command(
+            deployment,
+            uvx=os.path.join(os.path.dirname(sys.executable), "uvx"),
+        )
     if not check.may_start:
         raise sandbox.SandboxUnavailable(sandbox.refusal(check.problem))
     paths.prepare()
@@ -457,7 +517,7 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
             uid=deployment.ensure_sandbox_uid(),
             area=paths.sandbox_area,
             binds=SANDBOX_BINDS,
-            caches=shared_caches(),
+            caches=caches,
             launches=(
                 session_settings(deployment)[0]
                 if deployment.process_model == ProcessModel.ISOLATED
@@ -486,7 +546,7 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
         "--stderr-log",
         str(paths.stderr_log),
         "--cwd",
-        str(paths.work),
+        work,
         *fatal,
         "--",
         *server,
