@@ -7,8 +7,13 @@ import json
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from deployments import services
-from deployments.models import ProcessModel
+from analysis import services as analysis_services
+from analysis.github import GitHubError, InvalidRepositoryURL, parse_repository_url
+from analysis.models import AnalysisStep
+from analysis.serverjson import meta
+from deployments import builds, services
+from deployments.github_tokens import github_token_for
+from deployments.models import ProcessModel, SourceBuild
 from deployments.runtimes.base import PackageError
 from deployments.supervisor import supervisor_is_running
 
@@ -24,17 +29,24 @@ def _assignment(value: str) -> tuple[str, str]:
 
 class Command(BaseCommand):
     help = (
-        "Create a local deployment of an npm or PyPI MCP server, wait until it answers "
+        "Create a local deployment of an npm or PyPI MCP server, or of a GitHub repository built "
+        "from source, wait until it answers "
         'tools/list, and print {"id", "endpoint", "token"} as one JSON line. '
         "Needs a running supervisor (`manage.py supervise`, part of `make run`)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, help="Username of the owner.")
-        parser.add_argument(
+        what = parser.add_mutually_exclusive_group(required=True)
+        what.add_argument(
             "--package",
-            required=True,
             metavar="npm:NAME[@VERSION]|pypi:NAME[==VERSION]",
+            help="A published package to run.",
+        )
+        what.add_argument(
+            "--repo",
+            metavar="https://github.com/OWNER/REPO[/tree/REF/FOLDER]",
+            help="A repository to analyse, build at its current commit and run from source.",
         )
         parser.add_argument(
             "--env",
@@ -75,10 +87,6 @@ class Command(BaseCommand):
             owner = get_user_model().objects.get(username=options["user"])
         except get_user_model().DoesNotExist:
             raise CommandError(f"no user named {options['user']!r}") from None
-        try:
-            package = services.parse_package_spec(options["package"])
-        except PackageError as exc:
-            raise CommandError(f"--package: {exc}") from None
         environment = dict(_assignment(value) for value in options["env"])
         if len(environment) != len(options["env"]):
             raise CommandError("--env: a variable is given more than once")
@@ -89,10 +97,22 @@ class Command(BaseCommand):
                 "no supervisor is running for this data folder: start "
                 "`python manage.py supervise` (or `make run`) first"
             )
+        build = None
+        if options["repo"]:
+            if options["entry"]:
+                raise CommandError("--entry: a source deployment runs its build's entry point")
+            build = self._build(owner, options["repo"])
+            package = services.source_package(build)
+        else:
+            try:
+                package = services.parse_package_spec(options["package"])
+            except PackageError as exc:
+                raise CommandError(f"--package: {exc}") from None
         try:
             deployment, token = services.create_deployment(
                 owner,
                 package,
+                source_build=build,
                 name=options["name"],
                 environment=environment,
                 process_model=ProcessModel.ISOLATED if options["isolated"] else ProcessModel.SHARED,
@@ -113,3 +133,35 @@ class Command(BaseCommand):
                 {"id": str(deployment.id), "endpoint": deployment.endpoint_url, "token": token}
             )
         )
+
+    def _build(self, owner, url: str) -> SourceBuild:
+        """Analyse the repository, then build it at the analysed commit (or reuse that build)."""
+        token = github_token_for(owner)
+        try:
+            document, sha = analysis_services.analyse(
+                url,
+                analysis_services.Options(introspect=False),
+                github_token=token,
+                owner_id=owner.pk,
+                progress=lambda step: self.stderr.write(f"{AnalysisStep(step).label}…"),
+            )
+        except (InvalidRepositoryURL, GitHubError, analysis_services.AnalysisFailed) as exc:
+            raise CommandError(str(exc)) from None
+        recipe = meta(document).get("source") or {}
+        if not recipe.get("runnable"):
+            raise CommandError(f"{url} cannot be built: {recipe.get('reason') or 'no recipe'}")
+        reference = parse_repository_url(url)
+        self.stderr.write(f"Building {reference.full_name} at {sha[:12]}…")
+        try:
+            build = builds.ensure_build(
+                reference.full_name,
+                reference.subdirectory,
+                sha,
+                recipe,
+                github_token=token,
+                user=owner,
+            )
+        except builds.BuildFailed as exc:
+            raise CommandError(f"the build failed: {exc}") from None
+        self.stderr.write(f"Built in {build.duration_seconds or 0:.1f} s (build {build.pk}).")
+        return build
