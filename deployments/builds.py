@@ -133,6 +133,41 @@ def steps(recipe: Recipe) -> list[tuple[str, list[str], str]]:
 # --- Building ---------------------------------------------------------------------------------
 
 
+def claim(
+    repository: str, subfolder: str, commit_sha: str, recipe: dict, *, user=None
+) -> tuple[SourceBuild, bool]:
+    """The build row for this key, and whether the caller must build it now (it is new, failed
+    before, or was abandoned by a worker that died). Raises BuildFailed for an unusable recipe."""
+    try:
+        Recipe.from_meta(recipe)
+    except ValueError as exc:
+        raise BuildFailed(f"The build recipe cannot be used: {exc}.") from None
+    key = {
+        "repository": repository,
+        "subfolder": subfolder,
+        "commit_sha": commit_sha,
+        "recipe_hash": recipe_hash(recipe),
+    }
+    with transaction.atomic():
+        build, created = SourceBuild.objects.select_for_update().get_or_create(
+            **key, defaults={"recipe": recipe, "requested_by": user, "started_at": timezone.now()}
+        )
+        if build.status == BuildStatus.SUCCEEDED and app_folder(build).is_dir():
+            return build, False
+        if build.status == BuildStatus.BUILDING and not created and not _abandoned(build):
+            return build, False  # another worker is building it
+        SourceBuild.objects.filter(pk=build.pk).update(
+            status=BuildStatus.BUILDING, error="", started_at=timezone.now(), finished_at=None
+        )
+    build.refresh_from_db()
+    return build, True
+
+
+def _abandoned(build: SourceBuild) -> bool:
+    age = (timezone.now() - (build.started_at or build.created_at)).total_seconds()
+    return age > settings.BUILD_TIMEOUT_SECONDS * 2
+
+
 def ensure_build(
     repository: str,
     subfolder: str,
@@ -142,43 +177,40 @@ def ensure_build(
     github_token: str = "",
     user=None,
 ) -> SourceBuild:
-    """The finished build for this key, building it if needed. Raises BuildFailed."""
-    try:
-        parsed = Recipe.from_meta(recipe)
-    except ValueError as exc:
-        raise BuildFailed(f"The build recipe cannot be used: {exc}.") from None
-    key = {
-        "repository": repository,
-        "subfolder": subfolder,
-        "commit_sha": commit_sha,
-        "recipe_hash": recipe_hash(recipe),
-    }
+    """The finished build for this key, building it here if needed (or waiting for the worker
+    that is). Raises BuildFailed."""
     deadline = time.monotonic() + settings.BUILD_TIMEOUT_SECONDS * 2
     while True:
-        with transaction.atomic():
-            build, created = SourceBuild.objects.select_for_update().get_or_create(
-                **key,
-                defaults={"recipe": recipe, "requested_by": user, "started_at": timezone.now()},
-            )
-            if build.status == BuildStatus.SUCCEEDED and app_folder(build).is_dir():
-                return build
-            stale = (
-                build.started_at is None
-                or (timezone.now() - build.started_at).total_seconds()
-                > settings.BUILD_TIMEOUT_SECONDS * 2
-            )
-            if created or build.status != BuildStatus.BUILDING or stale:
-                SourceBuild.objects.filter(pk=build.pk).update(
-                    status=BuildStatus.BUILDING, error="", started_at=timezone.now()
-                )
-                break
+        build, mine = claim(repository, subfolder, commit_sha, recipe, user=user)
+        if mine:
+            run_build(build, Recipe.from_meta(recipe), github_token)
+        if build.status == BuildStatus.SUCCEEDED:
+            return build
+        if build.status == BuildStatus.FAILED:
+            raise BuildFailed(build.error)
         if time.monotonic() > deadline:
             raise BuildFailed("Another build of this commit did not finish in time.")
-        time.sleep(WAIT_POLL_SECONDS)  # another worker is building it
-    build.refresh_from_db()
-    run_build(build, parsed, github_token)
-    if build.status != BuildStatus.SUCCEEDED:
-        raise BuildFailed(build.error)
+        time.sleep(WAIT_POLL_SECONDS)
+        build.refresh_from_db()
+        if build.status == BuildStatus.SUCCEEDED:
+            return build
+        if build.status == BuildStatus.FAILED:
+            raise BuildFailed(build.error)
+
+
+def build_claimed(build_id: int, github_token: str = "") -> SourceBuild:
+    """Run a build that `claim` handed to the caller (the Celery task's one call)."""
+    build = SourceBuild.objects.get(pk=build_id)
+    if build.status == BuildStatus.BUILDING:
+        try:
+            recipe = Recipe.from_meta(build.recipe)
+        except ValueError as exc:
+            SourceBuild.objects.filter(pk=build.pk).update(
+                status=BuildStatus.FAILED, error=str(exc), finished_at=timezone.now()
+            )
+        else:
+            run_build(build, recipe, github_token)
+        build.refresh_from_db()
     return build
 
 

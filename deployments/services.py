@@ -191,8 +191,8 @@ def create_deployment(
     try:
         if source_build is not None:
             # A source deployment runs its build's entry point, never a command of its own.
-            if source_build.status != BuildStatus.SUCCEEDED or entry_command:
-                raise PackageError("a source deployment needs a finished build and no entry")
+            if source_build.status == BuildStatus.FAILED or entry_command:
+                raise PackageError("a source deployment needs a build that has not failed")
             validate_entry("", entry_args)
             package = source_package(source_build)
         else:

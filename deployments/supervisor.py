@@ -40,7 +40,14 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from deployments.crypto import DecryptionError
-from deployments.models import TRANSITIONS, Deployment, DesiredState, Status, TransitionError
+from deployments.models import (
+    TRANSITIONS,
+    BuildStatus,
+    Deployment,
+    DesiredState,
+    Status,
+    TransitionError,
+)
 from deployments.runtimes import local, sandbox
 from deployments.runtimes.base import Endpoint, PackageError, ProbeError, list_tools
 
@@ -62,7 +69,15 @@ UNHEALTHY_LIMIT = 5
 LOCK_WAIT_SECONDS = 2.0
 SHUTDOWN_DETAIL = "Stopped with the supervisor; it starts again when the supervisor does."
 
-ROW_FIELDS = ("id", "name", "desired_state", "status", "status_changed_at", "last_active_at")
+ROW_FIELDS = (
+    "id",
+    "name",
+    "desired_state",
+    "status",
+    "status_changed_at",
+    "last_active_at",
+    "source_build__status",
+)
 
 
 class SupervisorAlreadyRunning(Exception):
@@ -434,6 +449,12 @@ class Supervisor:
             return
         if status == Status.STOPPING:
             self._move(row, Status.STOPPED, "Stopped.")
+            return
+        build = row["source_build__status"]
+        if build == BuildStatus.BUILDING and status == Status.PENDING:
+            return  # a source deployment starts once its build is done
+        if build == BuildStatus.FAILED and status == Status.PENDING:
+            self._move(row, Status.FAILED, "The build failed; its log says why.")
             return
         if status in (Status.PENDING, Status.STOPPED):
             self._move(row, Status.STARTING, "Starting.")

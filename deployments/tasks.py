@@ -1,8 +1,22 @@
 from celery import shared_task
 
-from deployments import housekeeping
+from deployments import builds, housekeeping
+from deployments.github_tokens import github_token_for
+from deployments.runtimes.local import nudge_supervisor
 
 
 @shared_task
 def prune_tool_calls() -> int:
     return housekeeping.prune_tool_calls()
+
+
+@shared_task
+def build_source(build_id: int) -> None:
+    """Build a claimed source build with its requester's GitHub token, then wake the supervisor
+    so the deployments waiting for it start (or fail with its error)."""
+    from deployments.models import SourceBuild
+
+    build = SourceBuild.objects.select_related("requested_by").get(pk=build_id)
+    token = github_token_for(build.requested_by) if build.requested_by else ""
+    builds.build_claimed(build_id, token)
+    nudge_supervisor()

@@ -10,7 +10,9 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods
 
 from analysis.models import Analysis, AnalysisStatus
-from analysis.serverjson import entry_command, package_of
+from analysis.serverjson import entry_command, meta, package_of
+from deployments import builds, tasks
+from deployments.builds import BuildFailed
 from deployments.forms import (
     EXTRA_FIELD,
     CredentialForm,
@@ -19,13 +21,14 @@ from deployments.forms import (
     environment_variables,
 )
 from deployments.github_tokens import remove_github_token, set_github_token
-from deployments.models import AuditEvent, Deployment, GitHubToken, Runtime
+from deployments.models import AuditEvent, Deployment, GitHubToken, Runtime, SourceBuild
 from deployments.runtimes.base import PackageError, package_command
 from deployments.services import (
     DeploymentError,
     PackageSpec,
     create_deployment,
     default_name,
+    source_package,
     unique_name,
 )
 
@@ -67,8 +70,11 @@ def _first_token_key(deployment: Deployment) -> str:
 def deployment_detail(request: HttpRequest, deployment_id) -> HttpResponse:
     deployment = _get_deployment_for_user(request, deployment_id)
     first_token = request.session.pop(_first_token_key(deployment), None)
+    build = deployment.source_build
     context = {
         "deployment": deployment,
+        "build": build,
+        "build_log": "\n".join(builds.log_tail(build, 40)) if build else "",
         "first_token": first_token,
         "events": deployment.events.select_related("actor")[:50],
         "credentials": deployment.credentials.only("name", "is_secret", "updated_at"),
@@ -87,7 +93,11 @@ def _why_not_deployable(analysis: Analysis) -> str:
         return "This analysis has not succeeded, so there is nothing to deploy yet."
     package = package_of(analysis.result)
     if package is None:
-        return "This analysis found no published package to deploy."
+        source = meta(analysis.result).get("source") or {}
+        if source.get("runnable"):
+            return ""  # built from source at the analysed commit
+        reason = source.get("reason") or "Catwalk cannot tell how to run it."
+        return f"This analysis found no published package, and no way to build it: {reason}"
     spec = _package_spec(package)
     # entry_command only ever names a plain command the package installs, never a path.
     command = entry_command(analysis.result)
@@ -120,29 +130,37 @@ def deploy_analysis(request: HttpRequest, analysis_id: int) -> HttpResponse:
     owner = analysis.requested_by
     document = analysis.result
     package = package_of(document)
-    spec = _package_spec(package)
-    variables = environment_variables(document)
+    if package is None:
+        spec = None
+        variables = (meta(document).get("unpublished") or {}).get("environmentVariables") or []
+        base_name = analysis.subdirectory.rstrip("/").rsplit("/", 1)[-1] or analysis.repository.name
+    else:
+        spec = _package_spec(package)
+        variables = environment_variables(document)
+        base_name = spec.name
     data = request.POST if request.method == "POST" else None
-    deploy_form = DeployForm(data, initial={"name": unique_name(owner, default_name(spec.name))})
+    deploy_form = DeployForm(data, initial={"name": unique_name(owner, default_name(base_name))})
     credential_form = CredentialForm(variables=variables, data=data)
     if data is not None:
         if all([deploy_form.is_valid(), credential_form.is_valid()]):
             secret_names = {v.get("name") for v in variables if v.get("isSecret")}
             secret_names |= set(credential_form.cleaned_data[EXTRA_FIELD])  # treated as secrets
             try:
+                build = None if spec else _claim_build(analysis, owner)
                 deployment, token = create_deployment(
                     owner,
-                    spec,
+                    spec or source_package(build),
+                    source_build=build,
                     name=deploy_form.cleaned_data["name"],
                     environment=credential_form.environment(),
                     process_model=deploy_form.cleaned_data["process_model"],
-                    entry_command=entry_command(document),
+                    entry_command=entry_command(document) if spec else "",
                     analysis=analysis,
                     secret_names=secret_names,
                     runtime=Runtime.LOCAL,
                     issued_to=FIRST_TOKEN_LABEL,
                 )
-            except DeploymentError as exc:
+            except (DeploymentError, BuildFailed) as exc:
                 deploy_form.add_error(None, str(exc))
             else:
                 request.session[_first_token_key(deployment)] = token
@@ -158,6 +176,20 @@ def deploy_analysis(request: HttpRequest, analysis_id: int) -> HttpResponse:
     }
     failed = bool(deploy_form.errors or credential_form.errors)
     return render(request, "deployments/configure.html", context, status=400 if failed else 200)
+
+
+def _claim_build(analysis: Analysis, owner) -> SourceBuild:
+    """The build of the analysed commit: reused when there is one, else queued for a worker."""
+    build, mine = builds.claim(
+        analysis.repository.full_name,
+        analysis.subdirectory,
+        analysis.commit_sha,
+        meta(analysis.result)["source"],
+        user=owner,
+    )
+    if mine:
+        tasks.build_source.delay_on_commit(build.pk)
+    return build
 
 
 def _forget_extra_lines(form: CredentialForm) -> None:

@@ -16,13 +16,15 @@ from analysis.serverjson import META_KEY
 from catwalk.testing import make_analysis, make_deployment
 from deployments.models import (
     AccessToken,
+    BuildStatus,
     Credential,
     Deployment,
     ProcessModel,
     Runtime,
+    SourceBuild,
     hash_token,
 )
-from deployments.runtimes.local import LocalRuntime
+from deployments.runtimes.local import LocalRuntime, build_app_folder
 
 pytestmark = pytest.mark.django_db
 
@@ -222,7 +224,7 @@ def test_an_analysis_without_a_package_says_there_is_nothing_to_deploy(owner, ow
         owner_client.post(url(analysis), good_post()),
     ):
         assert response.status_code == 400
-        assert b"This analysis found no published package to deploy." in response.content
+        assert b"no published package, and no way to build it" in response.content
     assert rows() == (0, 0, 0)
 
 
@@ -431,3 +433,108 @@ def test_a_dashboard_with_deployments_still_leads_to_analysing_one(owner, owner_
     content = owner_client.get("/").content.decode()
 
     assert content.count('href="/analyses/new/"') == 2  # the navigation and the header
+
+
+# --- From source ---------------------------------------------------------------------------------
+
+RECIPE = {
+    "runnable": True,
+    "reason": "",
+    "ecosystem": "node",
+    "packageManager": "npm",
+    "root": "",
+    "folder": "",
+    "lockfile": "package-lock.json",
+    "buildScript": True,
+    "entry": {"file": "dist/index.js"},
+    "pythonInstall": "",
+    "transport": "stdio",
+}
+
+
+@pytest.fixture
+def source_analysis(owner):
+    document = server_json(packages=[])
+    found = document["_meta"][META_KEY]
+    found["source"] = RECIPE
+    found["unpublished"] = {
+        "environmentVariables": [
+            {"name": "WEATHER_API_KEY", "description": "Key", "isRequired": True, "isSecret": True}
+        ],
+        "packageArguments": [],
+    }
+    return make_analysis(
+        owner,
+        owner="acme",
+        name="weather-mcp",
+        status=AnalysisStatus.SUCCEEDED,
+        commit_sha="c" * 40,
+        result=document,
+    )
+
+
+def test_an_unpublished_repository_is_deployed_from_source_after_its_build(
+    owner_client, source_analysis, applied, django_capture_on_commit_callbacks
+):
+    page = owner_client.get(url(source_analysis))
+    with django_capture_on_commit_callbacks() as queued:
+        response = owner_client.post(
+            url(source_analysis),
+            {
+                "deployment-name": "weather",
+                "deployment-process_model": ProcessModel.SHARED,
+                "WEATHER_API_KEY": API_KEY,
+            },
+        )
+
+    assert b"from source" in page.content and b'type="password"' in page.content
+    assert response.status_code == 303
+    deployment = Deployment.objects.get()
+    build = deployment.source_build
+    assert (deployment.package_registry, deployment.package_name, deployment.package_version) == (
+        "source",
+        "acme/weather-mcp",
+        "c" * 12,
+    )
+    assert (build.repository, build.commit_sha, build.status) == (
+        "acme/weather-mcp",
+        "c" * 40,
+        BuildStatus.BUILDING,
+    )
+    assert build.recipe == RECIPE
+    assert deployment.credentials.get().get_value() == API_KEY
+    assert len(queued) == 2  # the build task, and telling the runtime
+
+
+def test_a_second_deployment_of_the_same_commit_reuses_its_build(
+    owner,
+    owner_client,
+    source_analysis,
+    applied,
+    django_capture_on_commit_callbacks,
+    settings,
+    tmp_path,
+):
+    from deployments.builds import claim
+
+    settings.DATA_DIR = tmp_path
+
+    build, _ = claim("acme/weather-mcp", "", "c" * 40, RECIPE, user=owner)
+    SourceBuild.objects.filter(pk=build.pk).update(status=BuildStatus.SUCCEEDED)
+    app = build_app_folder(build.pk)
+    app.mkdir(parents=True)
+
+    with django_capture_on_commit_callbacks() as queued:
+        response = owner_client.post(
+            url(source_analysis),
+            {
+                "deployment-name": "weather",
+                "deployment-process_model": ProcessModel.SHARED,
+                "WEATHER_API_KEY": API_KEY,
+            },
+        )
+
+    assert response.status_code == 303
+    assert Deployment.objects.get().source_build == build
+    assert SourceBuild.objects.count() == 1
+    assert len(queued) == 1  # only telling the runtime: nothing to build
