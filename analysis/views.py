@@ -19,7 +19,7 @@ from analysis.services import request_analysis
 RECENT_ANALYSES = 10
 REGISTRY_LABELS = {"npm": "npm", "pypi": "PyPI", "oci": "a container registry"}
 VERDICTS = {
-    "source": "No published package: it would be built from source.",
+    "source": "No published package: Catwalk builds it from source at this commit.",
     "docker-only": "No published package: the repository ships only a Dockerfile.",
     "unknown": "No published package, and Catwalk could not tell how to run it.",
 }
@@ -123,6 +123,45 @@ def _steps(analysis: Analysis) -> list[dict[str, Any]]:
     return steps
 
 
+MANAGER_COMMANDS = {
+    "npm": "npm ci",
+    "pnpm": "pnpm install --frozen-lockfile",
+    "yarn": "yarn install --frozen-lockfile",
+}
+PYTHON_INSTALLS = {
+    "sync": "uv sync --frozen",
+    "project": "uv pip install . (into its own .venv)",
+    "requirements": "uv pip install -r requirements.txt (into its own .venv)",
+}
+
+
+def _recipe(source: dict[str, Any]) -> dict[str, Any] | None:
+    """The build-from-source recipe in words, for the page."""
+    if not source.get("runnable"):
+        return None
+    if source.get("ecosystem") == "node":
+        install = MANAGER_COMMANDS.get(source.get("packageManager", ""), "")
+        if not source.get("lockfile"):
+            install = f"{source.get('packageManager', 'npm')} install"
+        build = f"{source.get('packageManager')} run build" if source.get("buildScript") else ""
+        entry = f"node {(source.get('entry') or {}).get('file', '')}"
+    else:
+        install = PYTHON_INSTALLS.get(source.get("pythonInstall", ""), "")
+        build = ""
+        kind, value = next(iter((source.get("entry") or {"": ""}).items()))
+        entry = {"script": value, "module": f"python -m {value}", "file": f"python {value}"}.get(
+            kind, ""
+        )
+    return {
+        "ecosystem": "Node.js" if source.get("ecosystem") == "node" else "Python",
+        "root": source.get("root") or "",
+        "install": install,
+        "build": build,
+        "entry": entry,
+        "transport": source.get("transport") or "stdio",
+    }
+
+
 def _report(document: dict[str, Any]) -> dict[str, Any]:
     """What the page explains, from the server.json and Catwalk's findings under `_meta`
     (templates cannot reach `_meta` or its `dev.catwalk/analysis` key themselves)."""
@@ -146,6 +185,7 @@ def _report(document: dict[str, Any]) -> dict[str, Any]:
         "executables": found.get("executables") or [],
         "verdict": VERDICTS.get(findings.get("deployable", "unknown"), VERDICTS["unknown"]),
         "build": sorted(findings.get("build") or {}),
+        "recipe": _recipe(findings.get("source") or {}),
         "description_source": (findings.get("description") or {}).get("source"),
         "variables": _with_sources(
             settings_from.get("environmentVariables") or [],

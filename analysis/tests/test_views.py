@@ -389,9 +389,24 @@ def test_a_repository_without_a_package_gives_its_verdict(owner_client, analysis
         tools={"verified": False},
     )
     document["packages"] = []
+    document["_meta"][META_KEY]["source"] = {
+        "runnable": True,
+        "ecosystem": "node",
+        "packageManager": "pnpm",
+        "root": "",
+        "folder": "packages/server",
+        "lockfile": "pnpm-lock.yaml",
+        "buildScript": True,
+        "entry": {"file": "packages/server/dist/cli.js"},
+        "transport": "stdio",
+    }
     finish(analysis, document)
     html = owner_client.get(f"/analyses/{analysis.pk}/").content.decode()
-    assert "it would be built from source" in html
+    assert "Catwalk builds it from source at this commit" in html
+    assert "<code>pnpm install --frozen-lockfile</code>" in html
+    assert "<code>pnpm run build</code>" in html
+    assert "<code>node packages/server/dist/cli.js</code> over stdio" in html
+    assert f'href="/analyses/{analysis.pk}/deploy/">Build and deploy' in html
     assert "LOCAL_TOKEN" in html
     assert "Not checked" in html
 
