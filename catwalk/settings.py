@@ -172,6 +172,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "prune-tool-calls": {"task": "deployments.tasks.prune_tool_calls", "schedule": 3600.0},
     "fail-stale-analyses": {"task": "analysis.tasks.fail_stale_analyses", "schedule": 300.0},
+    "fail-abandoned-builds": {"task": "deployments.tasks.fail_abandoned_builds", "schedule": 300.0},
 }
 
 # --- Accounts -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from deployments.models import ToolCall
+from deployments.models import BuildStatus, SourceBuild, ToolCall
 
 
 def prune_tool_calls() -> int:
@@ -15,3 +15,15 @@ def prune_tool_calls() -> int:
     cutoff = timezone.now() - timedelta(days=settings.TOOL_CALL_RETENTION_DAYS)
     deleted, _ = ToolCall.objects.filter(started_at__lt=cutoff).delete()
     return deleted
+
+
+def fail_abandoned_builds() -> int:
+    """Fail builds still marked building long after any step could have finished: their worker
+    died. The deployments waiting for them then fail too (the supervisor sees the failed build)
+    instead of waiting forever; deploying again claims a fresh build."""
+    cutoff = timezone.now() - timedelta(seconds=settings.BUILD_TIMEOUT_SECONDS * 2)
+    return SourceBuild.objects.filter(status=BuildStatus.BUILDING, started_at__lt=cutoff).update(
+        status=BuildStatus.FAILED,
+        error="The build was abandoned (its worker stopped); deploy again to rebuild.",
+        finished_at=timezone.now(),
+    )

@@ -11,6 +11,11 @@ def prune_tool_calls() -> int:
 
 
 @shared_task
+def fail_abandoned_builds() -> int:
+    return housekeeping.fail_abandoned_builds()
+
+
+@shared_task
 def build_source(build_id: int) -> None:
     """Build a claimed source build with its requester's GitHub token, then wake the supervisor
     so the deployments waiting for it start (or fail with its error)."""
