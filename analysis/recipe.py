@@ -31,6 +31,7 @@ from analysis.findings import EXECUTABLE_NAME, Findings
 NODE_MANAGERS = ("npm", "pnpm", "yarn")
 # A relative path inside the repository: no parent steps, no absolute paths, plain characters.
 _RELATIVE_PATH = re.compile(r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9._@+/-]{1,300}\Z")
+_HTTP_PATH = re.compile(r"/[A-Za-z0-9/_-]{0,100}\Z")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 PYTHON_SCRIPTS = ("server.py", "main.py", "app.py")
 MCP_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:mcp|fastmcp)\b", re.MULTILINE)
@@ -54,6 +55,9 @@ class Recipe:
     entry: dict[str, str] = field(default_factory=dict)
     python_install: str = ""  # sync, project, requirements
     transport: str = "stdio"
+    # A Streamable HTTP server gets its port as PORT in its environment, or as this argument.
+    port_argument: str = ""
+    http_path: str = "/mcp"
 
     def as_meta(self) -> dict[str, Any]:
         data = asdict(self)
@@ -69,6 +73,8 @@ class Recipe:
             "entry": data["entry"],
             "pythonInstall": data["python_install"],
             "transport": data["transport"],
+            "portArgument": data["port_argument"],
+            "httpPath": data["http_path"],
         }
 
     @classmethod
@@ -86,6 +92,8 @@ class Recipe:
             entry={str(k): str(v) for k, v in (data.get("entry") or {}).items()},
             python_install=str(data.get("pythonInstall") or ""),
             transport=str(data.get("transport") or "stdio"),
+            port_argument=str(data.get("portArgument") or ""),
+            http_path=str(data.get("httpPath") or "/mcp"),
         )
         problem = recipe.problem()
         if problem:
@@ -119,6 +127,8 @@ class Recipe:
             return f"unknown ecosystem {self.ecosystem!r}"
         if self.transport not in ("stdio", "streamable-http"):
             return f"the {self.transport} transport cannot be served from source yet"
+        if self.port_argument not in ("", "--port") or not _HTTP_PATH.match(self.http_path):
+            return "the HTTP port argument or path is not one Catwalk passes"
         return ""
 
 
@@ -142,6 +152,8 @@ def derive(root: Checkout, subfolder: str, findings: Findings, transport: str) -
         )
     if recipe.runnable:
         recipe.transport = transport
+        if transport == "streamable-http" and "--port" in findings.arguments:
+            recipe.port_argument = "--port"
         problem = recipe.problem()
         if problem:
             return Recipe(runnable=False, reason=f"The derived recipe is unusable: {problem}.")

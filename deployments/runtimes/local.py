@@ -73,6 +73,8 @@ def build_app_folder(build_id: object) -> Path:
 # Where a sandboxed server of a source deployment finds its build (read-only, through its own
 # overlay layer), and the `sh -c` prefix that runs the rest of a command line in a folder.
 APP_MOUNT = "/srv/app"
+# Relays a source build that serves Streamable HTTP to the bridge's stdio (in its sandbox).
+HTTP_CHILD = Path(settings.BASE_DIR) / "mcpgateway" / "http_child.py"
 IN_FOLDER = ("/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh")
 
 
@@ -485,11 +487,23 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
     paths = run_paths(deployment.id)
     check = sandbox.check()
     caches = shared_caches()
+    readonly: list[str] = []
     work = str(paths.work)
     if deployment.package_registry == PackageRegistry.SOURCE:
         recipe, build = source_recipe(deployment)
         app = APP_MOUNT if check.enabled else str(build_app_folder(build))
         server = [*source_entry(recipe, app), *(deployment.entry_args or [])]
+        if recipe.transport == "streamable-http":
+            server = [
+                sys.executable,
+                "-I",
+                str(HTTP_CHILD),
+                f"--port-argument={recipe.port_argument}",
+                f"--path={recipe.http_path}",
+                "--",
+                *server,
+            ]
+            readonly.append(str(HTTP_CHILD))
         if check.enabled:
             server = [*IN_FOLDER, source_folder(recipe, app), *server]
             caches = {**caches, str(build_app_folder(build)): APP_MOUNT}
@@ -518,6 +532,7 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
             area=paths.sandbox_area,
             binds=SANDBOX_BINDS,
             caches=caches,
+            extra_readonly=readonly,
             launches=(
                 session_settings(deployment)[0]
                 if deployment.process_model == ProcessModel.ISOLATED

@@ -130,6 +130,7 @@ def profile(
     environment_file: Path,
     launches: int = 1,
     shared_writable: dict[str, str] | None = None,
+    extra_readonly: list[str] | None = None,
 ) -> dict:
     """The launcher's profile for one deployment (see mcpgateway/sandbox.py).
 
@@ -147,7 +148,7 @@ def profile(
             "size_bytes": settings.SANDBOX_DISK_MB << 20,
             "binds": binds,
         },
-        "readonly": readonly_paths(),
+        "readonly": [*readonly_paths(), *(extra_readonly or [])],
         "hidden": [str(settings.DATA_DIR)],
         "caches": [{"shared": shared, "target": target} for shared, target in caches.items()],
         "shared_writable": [
