@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, quote
 
 from . import protocol
 from .channels import CLOSED, DISCONNECTED, Exchange, Mailbox, StreamChannel, sse_event
-from .core import Bridge, Refusal
+from .core import Bridge, Refusal, SwitchFailed
 from .sessions import Session
 
 Scope = MutableMapping[str, Any]
@@ -26,6 +26,8 @@ KEEPALIVE_SECONDS = 15.0
 DISCONNECT_WATCH_AFTER_SECONDS = 0.5
 RETRY_HINT_MS = 2000
 MAX_LOG_LINES = 1000
+# Where the supervisor asks for a redeploy; see `_switch`.
+SWITCH_PATH = "/catwalk/switch"
 
 _WANTED_HEADERS = frozenset(
     {
@@ -177,6 +179,10 @@ class BridgeApp:
                 if method != "POST":
                     raise HttpError(405, {"error": "method not allowed"}, [(b"allow", b"POST")])
                 await self._post_legacy_message(scope, headers, receive, send)
+            elif path == SWITCH_PATH:
+                if method != "POST":
+                    raise HttpError(405, {"error": "method not allowed"}, [(b"allow", b"POST")])
+                await self._switch(headers, receive, send)
             elif path == "/logs":
                 if method != "GET":
                     raise HttpError(405, {"error": "method not allowed"}, [(b"allow", b"GET")])
@@ -583,6 +589,30 @@ class BridgeApp:
             }
         )
         await send({"type": "http.response.body", "body": b"Accepted"})
+
+    # -- switching to a new version --------------------------------------------
+
+    async def _switch(self, headers: dict[bytes, str], receive: Receive, send: Send) -> None:
+        """The supervisor's redeploy: `{"command": [...], "grace": seconds}`. Answers once the
+        new version serves new sessions (200), or why it does not (409). Not reachable through
+        the gateway, which forwards /mcp, /sse and /messages only."""
+        body = await self._read_json(headers, receive)
+        command = body.get("command") if isinstance(body, dict) else None
+        grace = body.get("grace", 300) if isinstance(body, dict) else None
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(part, str) and "\0" not in part for part in command)
+            or not isinstance(grace, (int, float))
+            or isinstance(grace, bool)
+            or grace < 0
+        ):
+            raise HttpError(400, {"error": "expected {command: [strings], grace: seconds}"})
+        try:
+            await self.bridge.switch(command, float(grace))
+        except SwitchFailed as exc:
+            raise HttpError(409, {"error": str(exc)}) from None
+        await send_json(send, 200, {"ok": True})
 
     # -- logs ------------------------------------------------------------------
 

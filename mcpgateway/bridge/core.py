@@ -36,6 +36,10 @@ BRIDGE_CLIENT_CAPABILITIES: dict[str, Any] = {
 BRIDGE_CLIENT_INFO = {"name": "catwalk-bridge", "version": "1.0"}
 
 
+class SwitchFailed(Exception):
+    """The new command did not start and answer; the old one keeps serving."""
+
+
 class Refusal(Exception):
     """A session cannot be opened; carries the HTTP status and JSON-RPC error to send."""
 
@@ -67,6 +71,11 @@ class Bridge:
         self._isolated_children: set[Upstream] = set()
         self._pending_spawns = 0
         self._stopping = False
+        # The command new children run: the configured one, until a switch replaces it.
+        self.command = list(config.command)
+        self._switched = asyncio.Event()
+        self._switching = False
+        self._draining: set[Upstream] = set()
 
     # -- life cycle ------------------------------------------------------------
 
@@ -84,7 +93,7 @@ class Bridge:
 
     async def shutdown(self) -> None:
         self.begin_shutdown()
-        children = list(self._isolated_children)
+        children = [*self._isolated_children, *self._draining]
         if self.upstream is not None:
             children.append(self.upstream)
         for task in list(self._tasks):
@@ -106,13 +115,14 @@ class Bridge:
             "child_pid": upstream.pid if upstream is not None and not upstream.dead else None,
             "restarts": self.restarts,
             "sessions": len(self.sessions),
+            "draining": sum(len(upstream.sessions) for upstream in self._draining),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "last_error": self.last_error,
         }
 
     def _new_upstream(self) -> Upstream:
         return Upstream(
-            self.config.command,
+            self.command,
             env=self.env,
             cwd=self.config.cwd,
             stderr_log=self.stderr_log,
@@ -140,7 +150,13 @@ class Bridge:
             if started:
                 self.status = "ok"
                 self._ready.set()
-                await upstream.died.wait()
+                # A switch hands the watch over to the new child, which then is `self.upstream`.
+                while True:
+                    await _first(upstream.died.wait(), self._switched.wait())
+                    if not self._switched.is_set():
+                        break
+                    self._switched.clear()
+                    upstream = self.upstream
                 self._ready.clear()
             if self._stopping:
                 return
@@ -163,6 +179,21 @@ class Bridge:
             )
 
     async def _start_shared(self, upstream: Upstream) -> bool:
+        result = await self._initialize_child(upstream)
+        if result is None:
+            return False
+        self._adopt(upstream, result)
+        upstream.notify("notifications/initialized")
+        return True
+
+    def _adopt(self, upstream: Upstream, result: dict[str, Any]) -> None:
+        version = result.get("protocolVersion")
+        self._child_version = version if isinstance(version, str) else protocol.LATEST_VERSION
+        self._init_result = result
+
+    async def _initialize_child(self, upstream: Upstream) -> dict[str, Any] | None:
+        """Start a child and initialize it; its initialize result, or None (with the reason in
+        `upstream.dead_reason`)."""
         try:
             await upstream.start()
             response = await upstream.request(
@@ -176,22 +207,18 @@ class Bridge:
             )
         except ChildStartError as exc:
             upstream.dead_reason = str(exc)
-            return False
+            return None
         except UpstreamGone as exc:
             upstream.dead_reason = f"exited during initialize ({exc})"
-            return False
+            return None
         except TimeoutError:
             upstream.dead_reason = "did not answer initialize in time"
-            return False
+            return None
         result = response.get("result")
         if not isinstance(result, dict):
             upstream.dead_reason = f"initialize failed: {protocol.dumps(response.get('error'))}"
-            return False
-        version = result.get("protocolVersion")
-        self._child_version = version if isinstance(version, str) else protocol.LATEST_VERSION
-        self._init_result = result
-        upstream.notify("notifications/initialized")
-        return True
+            return None
+        return result
 
     def shared_initialize_result(self, requested: Any) -> tuple[str, dict[str, Any]]:
         """The negotiated version and the initialize result a new client gets."""
@@ -216,6 +243,75 @@ class Bridge:
         upstream = self.upstream
         assert upstream is not None
         return upstream
+
+    # -- switching to a new version (a redeploy) ---------------------------------
+
+    async def switch(self, command: list[str], grace: float) -> None:
+        """Serve new sessions from `command` once it starts and answers `tools/list`; sessions
+        already open finish on the old child, which stops when its last one ends or `grace`
+        seconds pass. Raises SwitchFailed (and changes nothing) when the new one fails."""
+        if self._switching:
+            raise SwitchFailed("another switch is under way")
+        if self._stopping:
+            raise SwitchFailed("the bridge is shutting down")
+        self._switching = True
+        candidate = Upstream(
+            command,
+            env=self.env,
+            cwd=self.config.cwd,
+            stderr_log=self.stderr_log,
+            request_timeout=self.config.request_timeout,
+            on_dead=self._on_upstream_dead,
+        )
+        try:
+            result = await self._initialize_child(candidate)
+            if result is None:
+                problem = candidate.dead_reason or "the new version failed to start"
+            else:
+                problem = await self._tools_problem(candidate)
+            if problem:
+                raise SwitchFailed(self._stderr_tail(problem))
+            assert result is not None
+            self.command = list(command)
+            if not self.shared:
+                # Isolated sessions each start their own child: new ones run the new command.
+                self._spawn(candidate.stop())
+                return
+            old = self.upstream
+            self._adopt(candidate, result)
+            self.upstream = candidate
+            self._switched.set()
+            if old is not None:
+                self._draining.add(old)
+                self._spawn(self._drain(old, grace))
+        except BaseException:
+            self._spawn(candidate.stop())
+            raise
+        finally:
+            self._switching = False
+
+    async def _tools_problem(self, upstream: Upstream) -> str:
+        """Why the child does not answer `tools/list`, or ''."""
+        upstream.notify("notifications/initialized")
+        try:
+            response = await upstream.request("tools/list", {}, STARTUP_TIMEOUT_SECONDS)
+        except UpstreamGone as exc:
+            return f"exited before answering tools/list ({exc})"
+        except TimeoutError:
+            return "did not answer tools/list in time"
+        if "error" in response:
+            return f"tools/list failed: {protocol.dumps(response['error'])}"
+        return ""
+
+    async def _drain(self, old: Upstream, grace: float) -> None:
+        """Let the old child finish its sessions, then stop it."""
+        deadline = time.monotonic() + grace
+        while old.sessions and not old.dead and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        for session in list(old.sessions):
+            self.end_session(session, "the deployment was replaced by a new version")
+        await old.stop()
+        self._draining.discard(old)
 
     # -- sessions --------------------------------------------------------------
 
@@ -338,3 +434,13 @@ class Bridge:
             await asyncio.sleep(interval)
             for session in self.sessions.idle_since(time.monotonic() - timeout):
                 self.end_session(session, "idle timeout")
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return when the first of `waits` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -84,10 +84,12 @@ async def test_healthz_needs_no_secret_and_reports_state(bridge: BridgeProcess):
         "child_pid",
         "restarts",
         "sessions",
+        "draining",
         "uptime_s",
         "last_error",
     }
     assert body["status"] == "ok" and body["mode"] == "shared" and body["child_pid"] > 0
+    assert body["draining"] == 0
 
 
 @pytest.mark.parametrize("secret", [None, "wrong"])
