@@ -96,7 +96,24 @@ def analyse(
 
     Raises InvalidRepositoryURL, GitHubError or AnalysisFailed.
     """
-    reference = parse_repository_url(url)
+    return analyse_reference(
+        parse_repository_url(url),
+        options,
+        github_token=github_token,
+        owner_id=owner_id,
+        progress=progress,
+    )
+
+
+def analyse_reference(
+    reference: RepoRef,
+    options: Options = Options(),
+    *,
+    github_token: str = "",
+    owner_id: int | None = None,
+    progress: Progress = _noop,
+) -> tuple[dict[str, Any], str]:
+    """`analyse` for a parsed reference (its ref empty: the default branch)."""
     with GitHubClient(reference, user_token=github_token or None) as client:
         progress(AnalysisStep.FETCHING)
         sha = client.commit_sha(reference.ref or client.repository().default_branch)

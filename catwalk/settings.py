@@ -311,6 +311,8 @@ LOCAL_IDLE_TIMEOUT_SECONDS = config.read_int("LOCAL_IDLE_TIMEOUT_SECONDS", 900)
 # How long a bridge may take to answer `tools/list` after starting (a first `npx` or `uvx`
 # download included) before the start counts as failed.
 LOCAL_START_TIMEOUT_SECONDS = config.read_int("LOCAL_START_TIMEOUT_SECONDS", 300, minimum=10)
+# After a redeploy, how long sessions opened on the previous version may go on with it.
+LOCAL_SWITCH_GRACE_SECONDS = config.read_int("LOCAL_SWITCH_GRACE_SECONDS", 300, minimum=0)
 # Host settings MCP servers get from the supervisor's environment (the rest of it never reaches
 # them): how to trust TLS and reach the registries through a proxy, so npx and uvx can download.
 LOCAL_PASSTHROUGH_ENV = config.read_list(

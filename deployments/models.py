@@ -109,6 +109,14 @@ class Deployment(models.Model):
         blank=True,
         related_name="deployments",
     )
+    # A redeploy: the build being switched to (served once it answers), and the one served
+    # before the last switch (what a rollback switches back to).
+    next_build = models.ForeignKey(
+        "SourceBuild", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    previous_build = models.ForeignKey(
+        "SourceBuild", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     runtime = models.CharField(max_length=10, choices=Runtime.choices, default=Runtime.LOCAL)
     runtime_settings = models.JSONField(default=dict, blank=True)

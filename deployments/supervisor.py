@@ -39,6 +39,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
+from deployments import redeploy
 from deployments.crypto import DecryptionError
 from deployments.models import (
     TRANSITIONS,
@@ -77,6 +78,8 @@ ROW_FIELDS = (
     "status_changed_at",
     "last_active_at",
     "source_build__status",
+    "next_build_id",
+    "next_build__status",
 )
 
 
@@ -273,6 +276,8 @@ class Supervisor:
         )
         self.leave_running = leave_running
         self.bridges: dict[uuid.UUID, ManagedBridge] = {}
+        # Redeploys under way: a thread per deployment waits for its bridge to switch.
+        self.switches: dict[uuid.UUID, threading.Thread] = {}
         self.restarts: dict[uuid.UUID, RestartPlan] = {}
         self._exit: str | None = None  # "stop" or "leave" once a signal arrived
         self._seen: set[uuid.UUID] = set()  # the deployments of the previous pass
@@ -446,6 +451,7 @@ class Supervisor:
         if status in (Status.SLEEPING, Status.FAILED):
             if bridge is not None:
                 self._begin_stop(bridge, "discard")
+            self._advance_switch(row, serving=False)
             return
         if status == Status.STOPPING:
             self._move(row, Status.STOPPED, "Stopped.")
@@ -471,11 +477,57 @@ class Supervisor:
                 self._move(row, Status.STARTING, "Its bridge was not running; starting it.")
             else:
                 self._check_running(row, bridge)
+                self._advance_switch(row, serving=True)
                 return
         if bridge is None:
             self._spawn(row)
         else:
             self._check_starting(row, bridge)
+
+    # -- redeploys (deployments/redeploy.py) -------------------------------------------------
+
+    def _advance_switch(self, row: dict[str, Any], *, serving: bool) -> None:
+        """Move a deployment with a next build towards it: a failed build is given up; a
+        finished one is switched to by the running bridge (in a thread, as starting it may take
+        a while), or simply recorded when nothing runs."""
+        build_id, build_status = row["next_build_id"], row["next_build__status"]
+        if build_id is None or row["id"] in self.switches:
+            return
+        if build_status == BuildStatus.FAILED:
+            redeploy.abandon_switch(row["id"], build_id, "the new build failed; its log says why.")
+        elif build_status == BuildStatus.SUCCEEDED and not serving:
+            redeploy.complete_switch(row["id"], build_id)
+        elif build_status == BuildStatus.SUCCEEDED:
+            thread = threading.Thread(target=self._switch, args=(row["id"], build_id), daemon=True)
+            self.switches[row["id"]] = thread
+            thread.start()
+
+    def _switch(self, deployment_id: uuid.UUID, build_id: int) -> None:
+        try:
+            deployment = Deployment.objects.select_related("next_build").get(pk=deployment_id)
+            command = local.switch_command(deployment)
+            endpoint = local.LocalRuntime().endpoint(deployment)
+            with endpoint.client(float(settings.LOCAL_START_TIMEOUT_SECONDS)) as client:
+                response = client.post(
+                    local.SWITCH_PATH,
+                    json={"command": command, "grace": settings.LOCAL_SWITCH_GRACE_SECONDS},
+                )
+            if response.status_code == 200:
+                redeploy.complete_switch(deployment_id, build_id)
+                log.info("deployment %s switched to build %s", deployment_id, build_id)
+            else:
+                reason = response.json().get("error", response.text[:500])
+                redeploy.abandon_switch(deployment_id, build_id, f"the new version: {reason}")
+        except (PackageError, DecryptionError, sandbox.SandboxUnavailable) as exc:
+            redeploy.abandon_switch(deployment_id, build_id, str(exc))
+        except (httpx.HTTPError, ValueError) as exc:
+            redeploy.abandon_switch(deployment_id, build_id, f"the bridge did not answer: {exc}")
+        except Exception:
+            log.exception("switching deployment %s failed", deployment_id)
+            redeploy.abandon_switch(deployment_id, build_id, "an internal error; it is logged.")
+        finally:
+            close_old_connections()
+            self.switches.pop(deployment_id, None)
 
     def _move(self, row: dict[str, Any], status: str, detail: str) -> None:
         deployment = Deployment(id=row["id"], status=row["status"])

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import transaction
 
 from analysis.recipe import Recipe
-from deployments.models import Deployment, PackageRegistry, ProcessModel, Status
+from deployments.models import Deployment, PackageRegistry, ProcessModel, SourceBuild, Status
 from deployments.runtimes import sandbox
 from deployments.runtimes.base import (
     Endpoint,
@@ -50,6 +50,8 @@ from deployments.runtimes.base import (
 SOCKET_PATH_MAX = 107
 BRIDGE_MODULE = "mcpgateway.bridge"
 SECRET_HEADER = "X-Catwalk-Bridge-Secret"  # noqa: S105 - a header name
+# The bridge's redeploy route (mcpgateway/bridge/app.py), which the gateway never forwards to.
+SWITCH_PATH = "/catwalk/switch"
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
@@ -464,9 +466,8 @@ def session_limits(deployment: Deployment) -> list[str]:
     return ["--max-sessions", str(cap), "--session-idle-timeout", str(idle)]
 
 
-def source_recipe(deployment: Deployment) -> tuple[Recipe, int]:
-    """A source deployment's recipe and build id; PackageError when it cannot run (yet)."""
-    build = deployment.source_build
+def source_recipe(build: SourceBuild | None) -> tuple[Recipe, int]:
+    """A source build's recipe and id; PackageError when it cannot run (yet)."""
     if build is None or build.status != "succeeded":
         raise PackageError("the source build has not finished")
     try:
@@ -478,20 +479,24 @@ def source_recipe(deployment: Deployment) -> tuple[Recipe, int]:
     return recipe, build.pk
 
 
-def launch_spec(deployment: Deployment) -> LaunchSpec:
-    """The bridge command for a deployment.
+def server_command(
+    deployment: Deployment,
+    paths: RunPaths,
+    check: sandbox.SandboxCheck,
+    build: SourceBuild | None = None,
+    profile_file: Path | None = None,
+) -> list[str]:
+    """The MCP server's command as its bridge runs it: sandboxed, through the launcher with its
+    profile (written here, to `profile_file` or the deployment's own) and its environment file.
 
-    Raises PackageError, DecryptionError, or SandboxUnavailable when the sandbox cannot run and
-    CATWALK_UNSAFE_NO_SANDBOX is not set. Sandboxed, writes the launcher's profile.
+    `build` is the source build to run (default: the deployment's own). Raises PackageError,
+    DecryptionError, or SandboxUnavailable.
     """
-    paths = run_paths(deployment.id)
-    check = sandbox.check()
     caches = shared_caches()
     readonly: list[str] = []
-    work = str(paths.work)
     if deployment.package_registry == PackageRegistry.SOURCE:
-        recipe, build = source_recipe(deployment)
-        app = APP_MOUNT if check.enabled else str(build_app_folder(build))
+        recipe, build_id = source_recipe(build or deployment.source_build)
+        app = APP_MOUNT if check.enabled else str(build_app_folder(build_id))
         server = [*source_entry(recipe, app), *(deployment.entry_args or [])]
         if recipe.transport == "streamable-http":
             server = [
@@ -504,11 +509,11 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
                 *server,
             ]
             readonly.append(str(HTTP_CHILD))
+        # In its own folder whatever the bridge's working directory: a redeploy switches the
+        # command of a running bridge.
+        server = [*IN_FOLDER, source_folder(recipe, app), *server]
         if check.enabled:
-            server = [*IN_FOLDER, source_folder(recipe, app), *server]
-            caches = {**caches, str(build_app_folder(build)): APP_MOUNT}
-        else:
-            work = source_folder(recipe, app)
+            caches = {**caches, str(build_app_folder(build_id)): APP_MOUNT}
     else:
         server = deployment_command(
             deployment,
@@ -517,28 +522,52 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
     if not check.may_start:
         raise sandbox.SandboxUnavailable(sandbox.refusal(check.problem))
     paths.prepare()
-    environment = child_environment(deployment, paths, sandboxed=check.enabled)
+    if not check.enabled:
+        return server
+    # The credentials never enter a root process's environment: the bridge and the launcher
+    # run with a fixed one, and the launcher hands the server's to the server's uid.
+    return sandbox.prepare(
+        server,
+        environment=child_environment(deployment, paths, sandboxed=True),
+        environment_file=paths.sandbox_environment,
+        profile_file=profile_file or paths.sandbox_profile,
+        name=str(deployment.id),
+        uid=deployment.ensure_sandbox_uid(),
+        area=paths.sandbox_area,
+        binds=SANDBOX_BINDS,
+        caches=caches,
+        extra_readonly=readonly,
+        launches=(
+            session_settings(deployment)[0]
+            if deployment.process_model == ProcessModel.ISOLATED
+            else 1
+        ),
+    )
+
+
+def switch_command(deployment: Deployment) -> list[str]:
+    """The command of the deployment's next build, for its running bridge to switch to."""
+    paths = run_paths(deployment.id)
+    return server_command(
+        deployment,
+        paths,
+        sandbox.check(),
+        build=deployment.next_build,
+        profile_file=paths.root / f"sandbox-build-{deployment.next_build_id}.json",
+    )
+
+
+def launch_spec(deployment: Deployment) -> LaunchSpec:
+    """The bridge command for a deployment.
+
+    Raises PackageError, DecryptionError, or SandboxUnavailable when the sandbox cannot run and
+    CATWALK_UNSAFE_NO_SANDBOX is not set. Sandboxed, writes the launcher's profile.
+    """
+    paths = run_paths(deployment.id)
+    check = sandbox.check()
+    server = server_command(deployment, paths, check)
     fatal: list[str] = []
     if check.enabled:
-        # The credentials never enter a root process's environment: the bridge and the launcher
-        # run with a fixed one, and the launcher hands the server's to the server's uid.
-        server = sandbox.prepare(
-            server,
-            environment=environment,
-            environment_file=paths.sandbox_environment,
-            profile_file=paths.sandbox_profile,
-            name=str(deployment.id),
-            uid=deployment.ensure_sandbox_uid(),
-            area=paths.sandbox_area,
-            binds=SANDBOX_BINDS,
-            caches=caches,
-            extra_readonly=readonly,
-            launches=(
-                session_settings(deployment)[0]
-                if deployment.process_model == ProcessModel.ISOLATED
-                else 1
-            ),
-        )
         fatal = [
             "--fatal-exit-status",
             str(sandbox.LIMIT_EXIT_STATUS),
@@ -546,6 +575,8 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
             str(sandbox.SETUP_EXIT_STATUS),
         ]
         environment = sandbox.ROOT_ENVIRONMENT
+    else:
+        environment = child_environment(deployment, paths, sandboxed=False)
     argv = [
         sys.executable,
         # No PYTHON* variable or user site: the bridge runs as root.
@@ -561,7 +592,7 @@ def launch_spec(deployment: Deployment) -> LaunchSpec:
         "--stderr-log",
         str(paths.stderr_log),
         "--cwd",
-        work,
+        str(paths.work),
         *fatal,
         "--",
         *server,
