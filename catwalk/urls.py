@@ -85,6 +85,16 @@ urlpatterns = [
         deployment_views.deployment_detail,
         name="deployment-detail",
     ),
+    path(
+        "deployments/<uuid:deployment_id>/redeploy/",
+        deployment_views.redeploy_deployment,
+        name="deployment-redeploy",
+    ),
+    path(
+        "deployments/<uuid:deployment_id>/rollback/",
+        deployment_views.rollback_deployment,
+        name="deployment-rollback",
+    ),
     path("activity/", deployment_views.activity, name="activity"),
     path("analyses/new/", analysis_views.analysis_new, name="analysis-new"),
     path("analyses/<int:analysis_id>/", analysis_views.analysis_detail, name="analysis-detail"),

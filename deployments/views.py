@@ -7,11 +7,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from analysis.models import Analysis, AnalysisStatus
 from analysis.serverjson import entry_command, meta, package_of
-from deployments import builds, tasks
+from deployments import builds, redeploy, tasks
 from deployments.builds import BuildFailed
 from deployments.forms import (
     EXTRA_FIELD,
@@ -197,6 +197,37 @@ def _forget_extra_lines(form: CredentialForm) -> None:
     back (secret fields are never rendered with their values either)."""
     form.data = form.data.copy()
     form.data[EXTRA_FIELD] = ""
+
+
+@login_required
+@require_POST
+def redeploy_deployment(request: HttpRequest, deployment_id) -> HttpResponse:
+    """Build the newest commit and switch to it once it answers (source deployments)."""
+    deployment = _get_deployment_for_user(request, deployment_id)
+    try:
+        build = redeploy.redeploy(deployment, actor=request.user)
+    except DeploymentError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request,
+            f"Building commit {build.commit_sha[:12]}; it takes over once it answers.",
+        )
+    return redirect("deployment-detail", deployment_id=deployment.pk)
+
+
+@login_required
+@require_POST
+def rollback_deployment(request: HttpRequest, deployment_id) -> HttpResponse:
+    """Switch back to the version served before the last redeploy."""
+    deployment = _get_deployment_for_user(request, deployment_id)
+    try:
+        build = redeploy.rollback(deployment, actor=request.user)
+    except DeploymentError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Rolling back to commit {build.commit_sha[:12]}.")
+    return redirect("deployment-detail", deployment_id=deployment.pk)
 
 
 @login_required
