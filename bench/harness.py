@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import analysis_static, peers, report, sandbox_start
+from bench import analysis_static, peers, report, sandbox_start, source_build
 from bench.load import LoadResult, run_stdio_load, run_wrk
 from bench.proctree import (
     ServerProcess,
@@ -53,7 +53,7 @@ from bench.wire import HttpSession, StdioSession, open_http_session
 RESULTS_DIR = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
 # Parts of a run, each with its own section of the docs page; --only narrows a run to one.
-SECTIONS = ("relay", "sandbox", "analysis")
+SECTIONS = ("relay", "sandbox", "analysis", "builds")
 START_TIMEOUT_S = 60.0
 
 
@@ -429,11 +429,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  repository analysis: FAILED {type(exc).__name__}: {exc}")
             analysis_failed = True
 
+    built, builds_failed = None, False
+    if "builds" in sections:
+        if sandbox_start.unavailable():
+            print(f"source builds: skipped ({sandbox_start.unavailable()})")
+        else:
+            print("source builds: measuring (cold builds download from npm and PyPI)…", flush=True)
+            try:
+                built = source_build.measure()
+            except Exception as exc:  # the other sections' numbers still get reported
+                print(f"  source builds: FAILED {type(exc).__name__}: {exc}")
+                builds_failed = True
+
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     context = report.collect_context(settings, command=command, started=started)
     markdown = report.render(results, context) if "relay" in sections else None
     analysis_markdown = analysis_static.render(analysis, context) if analysis else None
-    for section in (markdown, sandbox_markdown, analysis_markdown):
+    builds_markdown = source_build.render(built, context) if built else None
+    for section in (markdown, sandbox_markdown, analysis_markdown, builds_markdown):
         if section:
             print()
             print(section)
@@ -445,12 +458,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "context": context,
                 "results": [report.result_json(r) for r in results],
                 "analysis": [row.as_dict() for row in analysis.rows] if analysis else None,
+                "builds": [row.as_dict() for row in built] if built else None,
             },
             indent=2,
         )
     )
     print(f"raw results: {json_path}")
-    all_valid = all(result.valid for result in results) and not analysis_failed
+    all_valid = (
+        all(result.valid for result in results) and not analysis_failed and not builds_failed
+    )
     if not args.no_docs:
         if all_valid:
             if markdown:
@@ -459,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sandbox_start.update_docs(args.docs, sandbox_markdown)
             if analysis_markdown:
                 analysis_static.update_docs(args.docs, analysis_markdown)
+            if builds_markdown:
+                source_build.update_docs(args.docs, builds_markdown)
             print(f"updated {args.docs}")
         else:
             print(f"not updating {args.docs}: the run has errors and is invalid")

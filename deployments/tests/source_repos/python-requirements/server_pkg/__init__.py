@@ -1,0 +1,1 @@
+"""A tiny MCP server: echo and add. Run with `python -m server_pkg`."""
