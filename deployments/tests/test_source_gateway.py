@@ -1,6 +1,6 @@
-"""A repository built from source, deployed with `mcp_deploy --repo` on a whole Catwalk (the
-supervisor and the gateway under uvicorn), serves the MCP SDK client through the gateway with
-its access token."""
+"""Repositories of every shape, built from source and deployed with `mcp_deploy --repo` on a
+whole Catwalk (the supervisor and the gateway under uvicorn), serve the MCP SDK client through
+the gateway with their access token."""
 
 from __future__ import annotations
 
@@ -20,11 +20,19 @@ from mcpgateway.stack import Stack, free_port
 from mcpgateway.tests.conftest import sdk_http_factory
 
 pytestmark = pytest.mark.slow
+SHAPES = {
+    "plain-javascript": "https://github.com/acme/plain-javascript",
+    "typescript-build": "https://github.com/acme/typescript-build",
+    "pnpm-workspace": "https://github.com/acme/pnpm-workspace/tree/main/packages/server",
+    "python-pyproject": "https://github.com/acme/python-pyproject",
+    "python-requirements": "https://github.com/acme/python-requirements",
+}
 
 
-def test_a_source_deployment_serves_sdk_clients_through_the_gateway():
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_source_deployment_serves_sdk_clients_through_the_gateway(shape):
     github, registry = GitHubStandin(), RegistryStandin()
-    publish(github, "plain-javascript")
+    publish(github, shape)
     data_dir = Path(tempfile.mkdtemp(prefix="catwalk-source-"))
     port = free_port()
     stack = Stack(data_dir, "uvicorn", port)
@@ -37,7 +45,7 @@ def test_a_source_deployment_serves_sdk_clients_through_the_gateway():
         }
     )
     try:
-        deployed = stack.start(["--repo", "https://github.com/acme/plain-javascript"])
+        deployed = stack.start(["--repo", SHAPES[shape]])
         url = f"http://127.0.0.1:{port}/mcp/{deployed['id']}"
 
         async def use() -> tuple[set[str], str]:
