@@ -350,6 +350,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"(default {analysis_static.REPEATS})",
     )
     parser.add_argument(
+        "--cached-builds",
+        type=int,
+        default=int(env("BENCH_CACHED_BUILDS", str(source_build.CACHED_REPEATS))),
+        help="second deploys timed per fixture repository after its cold build; 0 skips "
+        f"builds from source altogether (default {source_build.CACHED_REPEATS})",
+    )
+    parser.add_argument(
         "--only",
         choices=SECTIONS,
         default=env("BENCH_ONLY"),
@@ -374,6 +381,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--duration, --cold-starts and every concurrency must be positive")
     if args.analysis_repeats < 0:
         parser.error("--analysis-repeats must be 0 (skip) or more")
+    if args.cached_builds < 0:
+        parser.error("--cached-builds must be 0 (skip) or more")
     if args.only is not None and args.only not in SECTIONS:  # from BENCH_ONLY, unchecked
         parser.error(f"unknown section {args.only!r}; choose from {list(SECTIONS)}")
     return args
@@ -430,13 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             analysis_failed = True
 
     built, builds_failed = None, False
-    if "builds" in sections:
+    if args.cached_builds and "builds" in sections:
         if sandbox_start.unavailable():
             print(f"source builds: skipped ({sandbox_start.unavailable()})")
         else:
             print("source builds: measuring (cold builds download from npm and PyPI)…", flush=True)
             try:
-                built = source_build.measure()
+                built = source_build.measure(repeats=args.cached_builds)
             except Exception as exc:  # the other sections' numbers still get reported
                 print(f"  source builds: FAILED {type(exc).__name__}: {exc}")
                 builds_failed = True

@@ -54,7 +54,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     }
 
 
-def measure(shapes: tuple[str, ...] = SHAPES) -> list[Row]:
+def measure(shapes: tuple[str, ...] = SHAPES, repeats: int = CACHED_REPEATS) -> list[Row]:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catwalk.settings")
     import django
 
@@ -96,7 +96,7 @@ def measure(shapes: tuple[str, ...] = SHAPES) -> list[Row]:
                 build = builds.ensure_build(f"bench/{shape}", "", sha, recipe)
                 cold_s, cold_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
                 cached = []
-                for _ in range(CACHED_REPEATS):
+                for _ in range(repeats):
                     started = time.perf_counter()
                     again = builds.ensure_build(f"bench/{shape}", "", sha, recipe)
                     cached.append((time.perf_counter() - started) * 1000)

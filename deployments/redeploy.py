@@ -98,14 +98,11 @@ def _set_next(deployment: Deployment, build: SourceBuild, actor, message: str) -
 def complete_switch(deployment_id, build_id: int) -> None:
     """The running version is now `build_id`'s (the supervisor's switch succeeded)."""
     with transaction.atomic():
-        deployment = (
-            Deployment.objects.select_for_update()
-            .select_related("next_build")
-            .get(pk=deployment_id)
-        )
+        # No join under FOR UPDATE: PostgreSQL refuses it on the nullable side of an outer join.
+        deployment = Deployment.objects.select_for_update().get(pk=deployment_id)
         if deployment.next_build_id != build_id:
             return  # superseded meanwhile
-        build = deployment.next_build
+        build = SourceBuild.objects.get(pk=build_id)
         deployment.previous_build_id = deployment.source_build_id
         deployment.source_build = build
         deployment.next_build = None

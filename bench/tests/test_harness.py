@@ -38,6 +38,7 @@ def run_harness(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
             f"--results-dir={tmp_path / 'results'}",
             "--sandbox-starts=0",
             "--analysis-repeats=0",
+            "--cached-builds=0",
             *args,
         ],
         cwd=REPO,
