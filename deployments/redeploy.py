@@ -1,12 +1,13 @@
 """Redeploying a source deployment at a newer commit, and rolling back, without a failed call.
 
 `redeploy` analyses the repository again, claims the build of its newest commit (reused when
-there is one) and records it as the deployment's next build; `rollback` makes the previous build
-the next one. The supervisor does the rest: once the next build is finished it asks the running
-bridge to switch (`/catwalk/switch`): the new version starts beside the old one, and only when it
-answers `tools/list` do new sessions go to it, while open sessions finish on the old one until
-they end or `LOCAL_SWITCH_GRACE_SECONDS` pass. Then `complete_switch` records it; a build or a
-start that fails leaves the running version serving, and `abandon_switch` says why.
+there is one; otherwise the caller queues it) and records it as the deployment's next build;
+`rollback` makes the previous build the next one. The supervisor does the rest: once the next
+build is finished it asks the running bridge to switch (`/catwalk/switch`): the new version
+starts beside the old one, and only when it answers `tools/list` do new sessions go to it, while
+open sessions finish on the old one until they end or `LOCAL_SWITCH_GRACE_SECONDS` pass. Then
+`complete_switch` records it; a build or a start that fails leaves the running version serving,
+and `abandon_switch` says why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from django.db import transaction
 from analysis import services as analysis_services
 from analysis.github import RepoRef
 from analysis.serverjson import meta
-from deployments import builds, tasks
+from deployments import builds
 from deployments.github_tokens import github_token_for
 from deployments.models import (
     BuildStatus,
@@ -38,9 +39,11 @@ def _source_deployment(deployment: Deployment) -> SourceBuild:
     return deployment.source_build
 
 
-def redeploy(deployment: Deployment, actor, ref: str = "") -> SourceBuild:
-    """Build the newest commit of the deployment's repository folder (at `ref`, else its default
-    branch) and switch to it when it is ready. Raises DeploymentError."""
+def redeploy(deployment: Deployment, actor, ref: str = "") -> tuple[SourceBuild, bool]:
+    """Make the newest commit of the deployment's repository folder (at `ref`, else its default
+    branch) the next build, switched to when it is ready. Returns the build and whether the
+    caller must have it built (`tasks.build_source`); a build of that commit is reused. Raises
+    DeploymentError."""
     current = _source_deployment(deployment)
     owner, _, name = current.repository.partition("/")
     token = github_token_for(deployment.owner)
@@ -64,9 +67,7 @@ def redeploy(deployment: Deployment, actor, ref: str = "") -> SourceBuild:
     except builds.BuildFailed as exc:
         raise DeploymentError(str(exc)) from None
     _set_next(deployment, build, actor, f"Redeploying at commit {sha[:12]}.")
-    if mine:
-        tasks.build_source.delay_on_commit(build.pk)
-    return build
+    return build, mine
 
 
 def rollback(deployment: Deployment, actor) -> SourceBuild:

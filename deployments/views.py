@@ -205,10 +205,12 @@ def redeploy_deployment(request: HttpRequest, deployment_id) -> HttpResponse:
     """Build the newest commit and switch to it once it answers (source deployments)."""
     deployment = _get_deployment_for_user(request, deployment_id)
     try:
-        build = redeploy.redeploy(deployment, actor=request.user)
+        build, mine = redeploy.redeploy(deployment, actor=request.user)
     except DeploymentError as exc:
         messages.error(request, str(exc))
     else:
+        if mine:
+            tasks.build_source.delay_on_commit(build.pk)
         messages.success(
             request,
             f"Building commit {build.commit_sha[:12]}; it takes over once it answers.",

@@ -15,7 +15,6 @@ from analysis import services as analysis_services
 from analysis.serverjson import meta
 from analysis.tests.github_standin import GitHubStandin
 from analysis.tests.registry_standin import RegistryStandin
-from catwalk.celery import app as celery_app
 from deployments import builds, redeploy, services
 from deployments.models import Deployment, DeploymentEvent, EventKind
 from deployments.tests.conftest import call_tool, endpoint_of, mcp_client
@@ -57,10 +56,12 @@ def github(settings) -> Iterator[GitHubStandin]:
     registry.close()
 
 
-@pytest.fixture
-def builds_inline(monkeypatch) -> None:
-    """The build task runs where it is queued, as a worker would run it."""
-    monkeypatch.setitem(celery_app.conf, "task_always_eager", True)
+def start_redeploy(deployment: Deployment, owner):
+    """Redeploy, and build the new commit here, as the worker the page queues it for would."""
+    build, mine = redeploy.redeploy(deployment, owner)
+    if mine:
+        builds.build_claimed(build.pk)
+    return build
 
 
 class Load:
@@ -138,7 +139,7 @@ def wait_for(deployment: Deployment, predicate, what: str) -> Deployment:
 
 
 def test_a_redeploy_under_load_fails_no_call_and_a_rollback_switches_back(
-    supervisor, owner, github, builds_inline
+    supervisor, owner, github
 ):
     deployment = deploy_version_one(github, owner)
     first_build = deployment.source_build
@@ -146,7 +147,7 @@ def test_a_redeploy_under_load_fails_no_call_and_a_rollback_switches_back(
 
     with Load(deployment) as load:
         time.sleep(1.0)
-        next_build = redeploy.redeploy(deployment, owner)
+        next_build = start_redeploy(deployment, owner)
         deployment = wait_for(
             deployment, lambda d: d.source_build_id == next_build.pk, "the switch to v2"
         )
@@ -173,16 +174,14 @@ def test_a_redeploy_under_load_fails_no_call_and_a_rollback_switches_back(
     assert call_tool(endpoint_of(deployment), "echo", {"message": "y"}) == "v1:y"
 
 
-def test_a_redeploy_whose_build_fails_leaves_the_running_version_serving(
-    supervisor, owner, github, builds_inline
-):
+def test_a_redeploy_whose_build_fails_leaves_the_running_version_serving(supervisor, owner, github):
     deployment = deploy_version_one(github, owner)
     github.add_repository(
         "acme", "versioned", versioned("v3", requirement="catwalk-no-such-package==0.0.1")
     )
 
     with Load(deployment, callers=1) as load:
-        redeploy.redeploy(deployment, owner)
+        start_redeploy(deployment, owner)
         deployment = wait_for(deployment, lambda d: d.next_build_id is None, "giving up")
         time.sleep(0.5)
 
