@@ -8,6 +8,7 @@ short private DATA_DIR under /tmp. Reused by the gateway's end-to-end tests.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,10 +27,13 @@ import anyio
 import httpx2
 import psutil
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from analysis.tests.github_standin import GitHubStandin
+from analysis.tests.registry_standin import RegistryStandin
 from deployments import services
 from deployments.models import Deployment, Status
 from deployments.runtimes import sandbox
@@ -238,3 +243,34 @@ def start_supervisor(supervisor_env) -> Iterator[Callable[..., RunningSupervisor
 @pytest.fixture
 def supervisor(start_supervisor) -> RunningSupervisor:
     return start_supervisor()
+
+
+@pytest.fixture(scope="session")
+def code_hosts() -> Iterator[tuple[GitHubStandin, RegistryStandin]]:
+    """Local stand-ins of GitHub and the npm and PyPI registries, shared by the session."""
+    github, registry = GitHubStandin(), RegistryStandin()
+    yield github, registry
+    github.close()
+    registry.close()
+
+
+@pytest.fixture
+def github(code_hosts, settings) -> GitHubStandin:
+    """The GitHub stand-in, emptied, with the settings pointing at it; the registries know no
+    package (so every repository is unpublished) and Claude is off."""
+    github, registry = code_hosts
+    github.reset()
+    registry.reset()
+    settings.GITHUB_API_URL, settings.GITHUB_TOKEN = github.api_url, ""
+    settings.NPM_REGISTRY_URL, settings.PYPI_URL = registry.npm_url, registry.pypi_url
+    settings.ANTHROPIC_API_KEY = ""
+    return github
+
+
+def mcp_deploy(*args: str) -> dict:
+    """Run `manage.py mcp_deploy ARGS`; returns the one JSON line it prints."""
+    out = StringIO()
+    call_command("mcp_deploy", *args, stdout=out, stderr=StringIO())
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    return json.loads(lines[0])

@@ -336,31 +336,22 @@ def test_the_time_server_from_pypi():
 
 @pytest.mark.django_db
 def test_an_analysis_preflight_on_a_draft_deployment_names_the_wrong_credential(
-    owner, stranger, settings
+    owner, stranger, github, code_hosts
 ):
     from analysis import services
-    from analysis.tests.github_standin import GitHubStandin
-    from analysis.tests.registry_standin import RegistryStandin
     from analysis.tests.test_services import meta_of, publish_weather, weather_files
 
-    github, registry = GitHubStandin(), RegistryStandin()
-    settings.GITHUB_API_URL, settings.GITHUB_TOKEN = github.api_url, ""
-    settings.NPM_REGISTRY_URL, settings.PYPI_URL = registry.npm_url, registry.pypi_url
-    try:
-        github.add_repository("acme", "weather-mcp", weather_files())
-        publish_weather(registry)
-        deployment = deployment_refused_with(owner, "401 Unauthorized: invalid FOO_API_KEY")
-        options = services.Options(
-            use_claude=False, introspect=True, preflight_deployment=str(deployment.pk)
-        )
-        mine = services.request_analysis(owner, "https://github.com/acme/weather-mcp", options)
-        theirs = services.request_analysis(stranger, "https://github.com/acme/weather-mcp", options)
+    github.add_repository("acme", "weather-mcp", weather_files())
+    publish_weather(code_hosts[1])
+    deployment = deployment_refused_with(owner, "401 Unauthorized: invalid FOO_API_KEY")
+    options = services.Options(
+        use_claude=False, introspect=True, preflight_deployment=str(deployment.pk)
+    )
+    mine = services.request_analysis(owner, "https://github.com/acme/weather-mcp", options)
+    theirs = services.request_analysis(stranger, "https://github.com/acme/weather-mcp", options)
 
-        mine = services.run_analysis(mine.pk, options)
-        theirs = services.run_analysis(theirs.pk, options)
-    finally:
-        github.close()
-        registry.close()
+    mine = services.run_analysis(mine.pk, options)
+    theirs = services.run_analysis(theirs.pk, options)
 
     tools = meta_of(mine)["tools"]
     assert tools["verified"] is False

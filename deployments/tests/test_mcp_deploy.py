@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
-from io import StringIO
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 
 from catwalk.testing import make_deployment
 from deployments import services
 from deployments.models import AccessToken, Credential, Deployment, ProcessModel, hash_token
 from deployments.supervisor import instance_lock
-from deployments.tests.conftest import FIXTURE_SERVER_ARGS, REPO_ROOT, call_tool, endpoint_of
+from deployments.tests.conftest import (
+    FIXTURE_SERVER_ARGS,
+    REPO_ROOT,
+    call_tool,
+    endpoint_of,
+    mcp_deploy,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,18 +33,10 @@ FIXTURE = [
 ]
 
 
-def deploy(*args: str) -> dict:
-    out = StringIO()
-    call_command("mcp_deploy", *args, stdout=out, stderr=StringIO())
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1, lines
-    return json.loads(lines[0])
-
-
 def test_prints_one_json_line_and_the_deployment_serves_through_its_bridge(
     supervisor, owner, settings
 ):
-    printed = deploy("--user", "owner", *FIXTURE, "--env", "API_KEY=s3cret", "--name", "tools")
+    printed = mcp_deploy("--user", "owner", *FIXTURE, "--env", "API_KEY=s3cret", "--name", "tools")
 
     deployment = Deployment.objects.get(pk=printed["id"])
     assert printed["endpoint"] == f"{settings.PUBLIC_URL}/mcp/{deployment.id}"
@@ -52,7 +49,7 @@ def test_prints_one_json_line_and_the_deployment_serves_through_its_bridge(
 
 
 def test_isolated_deployment_runs_one_server_per_session(supervisor, owner):
-    printed = deploy("--user", "owner", *FIXTURE, "--isolated")
+    printed = mcp_deploy("--user", "owner", *FIXTURE, "--isolated")
 
     deployment = Deployment.objects.get(pk=printed["id"])
     assert deployment.process_model == ProcessModel.ISOLATED
@@ -65,7 +62,7 @@ def test_timeout_reports_the_status_and_the_servers_last_words(supervisor, owner
     silent.append("--arg=echo 'booting forever' >&2; exec sleep 600")
 
     with pytest.raises(CommandError) as error:
-        deploy("--user", "owner", *silent, "--timeout", "3")
+        mcp_deploy("--user", "owner", *silent, "--timeout", "3")
 
     message = str(error.value)
     assert "not ready within 3 s" in message
@@ -92,7 +89,7 @@ def test_timeout_reports_the_status_and_the_servers_last_words(supervisor, owner
 def test_bad_input_is_refused_before_anything_is_created(owner, settings, tmp_path, args, problem):
     settings.DATA_DIR = tmp_path
     with instance_lock(), pytest.raises(CommandError, match=problem):
-        deploy(*args)
+        mcp_deploy(*args)
     assert not Deployment.objects.exists()
 
 
@@ -101,14 +98,14 @@ def test_duplicate_name_is_refused(owner, settings, tmp_path):
     make_deployment(owner, name="taken")
 
     with instance_lock(), pytest.raises(CommandError, match="already has a deployment named"):
-        deploy("--user", "owner", *FIXTURE, "--name", "taken")
+        mcp_deploy("--user", "owner", *FIXTURE, "--name", "taken")
 
 
 def test_refuses_to_deploy_when_no_supervisor_runs(owner, settings, tmp_path):
     settings.DATA_DIR = tmp_path
 
     with pytest.raises(CommandError, match="no supervisor is running"):
-        deploy("--user", "owner", *FIXTURE)
+        mcp_deploy("--user", "owner", *FIXTURE)
     assert not Deployment.objects.exists()
 
 

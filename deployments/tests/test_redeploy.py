@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from analysis import services as analysis_services
 from analysis.serverjson import meta
 from analysis.tests.github_standin import GitHubStandin
-from analysis.tests.registry_standin import RegistryStandin
 from deployments import builds, redeploy, services
 from deployments.models import Deployment, DeploymentEvent, EventKind
 from deployments.tests.conftest import call_tool, endpoint_of, mcp_client
@@ -44,16 +42,6 @@ def main() -> None:
         "versioned/server.py": server.encode(),
         "versioned/__main__.py": b"from versioned.server import main\n\nmain()\n",
     }
-
-
-@pytest.fixture
-def github(settings) -> Iterator[GitHubStandin]:
-    running, registry = GitHubStandin(), RegistryStandin()
-    settings.GITHUB_API_URL, settings.GITHUB_TOKEN = running.api_url, ""
-    settings.NPM_REGISTRY_URL, settings.PYPI_URL = registry.npm_url, registry.pypi_url
-    yield running
-    running.close()
-    registry.close()
 
 
 def start_redeploy(deployment: Deployment, owner):

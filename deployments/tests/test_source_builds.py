@@ -20,24 +20,21 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import StringIO
 from pathlib import Path
 
 import psutil
 import pytest
-from django.core.management import call_command
 from django.db import connection
 
 from analysis import services as analysis
 from analysis.serverjson import meta
 from analysis.tests.github_standin import GitHubStandin
-from analysis.tests.registry_standin import RegistryStandin
 from deployments import services
 from deployments.builds import BuildFailed, app_folder, build_uid, ensure_build, log_path
 from deployments.models import BuildStatus, Deployment, SourceBuild, Status
 from deployments.runtimes import sandbox
 from deployments.runtimes.local import builds_root, ensure_private_dir
-from deployments.tests.conftest import call_tool, endpoint_of
+from deployments.tests.conftest import call_tool, endpoint_of, mcp_deploy
 from deployments.tests.source_fixtures import OWNER, publish, snapshot
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -133,26 +130,6 @@ SHAPES = {
 # --- Stand-ins and folders ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stand_ins() -> Iterator[tuple[GitHubStandin, RegistryStandin]]:
-    github, registry = GitHubStandin(), RegistryStandin()
-    yield github, registry
-    github.close()
-    registry.close()
-
-
-@pytest.fixture
-def github(stand_ins, settings) -> GitHubStandin:
-    """The GitHub stand-in, emptied; the registries know no package (so: unpublished)."""
-    github, registry = stand_ins
-    github.reset()
-    registry.reset()
-    settings.GITHUB_API_URL, settings.GITHUB_TOKEN = github.api_url, ""
-    settings.NPM_REGISTRY_URL, settings.PYPI_URL = registry.npm_url, registry.pypi_url
-    settings.ANTHROPIC_API_KEY = ""
-    return github
-
-
 @pytest.fixture
 def data_dir(settings) -> Iterator[Path]:
     """A private DATA_DIR for builds without a supervisor."""
@@ -226,14 +203,6 @@ def test_a_repository_is_analysed_built_deployed_and_serves_its_tools(
     assert call_tool(endpoint, "add", {"a": 2, "b": 40}) == "42"
 
 
-def deploy(*args: str) -> dict:
-    out = StringIO()
-    call_command("mcp_deploy", *args, stdout=out, stderr=StringIO())
-    lines = out.getvalue().splitlines()
-    assert len(lines) == 1, lines
-    return json.loads(lines[0])
-
-
 def test_mcp_deploy_from_a_repository_reuses_its_build_and_serves(github, supervisor, owner):
     expected = SHAPES["plain-javascript"]
     repository, sha = publish(github, "plain-javascript")
@@ -244,7 +213,7 @@ def test_mcp_deploy_from_a_repository_reuses_its_build_and_serves(github, superv
     log = log_path(build).read_text()
     downloads = codeload_downloads(github)
 
-    printed = deploy("--user", "owner", "--repo", expected.url)
+    printed = mcp_deploy("--user", "owner", "--repo", expected.url)
 
     deployment = Deployment.objects.get(pk=printed["id"])
     assert deployment.source_build_id == build.pk

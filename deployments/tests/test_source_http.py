@@ -9,8 +9,6 @@ import pytest
 
 from analysis import services as analysis_services
 from analysis.serverjson import meta
-from analysis.tests.github_standin import GitHubStandin
-from analysis.tests.registry_standin import RegistryStandin
 from deployments import builds, services
 from deployments.models import Deployment, Status
 from deployments.tests.conftest import call_tool, endpoint_of
@@ -28,22 +26,15 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 
 def test_an_http_only_server_built_from_source_serves_through_the_gateway(
-    supervisor, owner, settings
+    supervisor, owner, github
 ):
-    github, registry = GitHubStandin(), RegistryStandin()
-    settings.GITHUB_API_URL, settings.GITHUB_TOKEN = github.api_url, ""
-    settings.NPM_REGISTRY_URL, settings.PYPI_URL = registry.npm_url, registry.pypi_url
-    try:
-        sha = github.add_repository("acme", "http-only", files_of(REPOSITORY))
-        document, analysed = analysis_services.analyse(
-            "https://github.com/acme/http-only",
-            analysis_services.Options(use_claude=False, introspect=False),
-        )
-        recipe = meta(document)["source"]
-        build = builds.ensure_build("acme/http-only", "", sha, recipe, user=owner)
-    finally:
-        github.close()
-        registry.close()
+    sha = github.add_repository("acme", "http-only", files_of(REPOSITORY))
+    document, analysed = analysis_services.analyse(
+        "https://github.com/acme/http-only",
+        analysis_services.Options(use_claude=False, introspect=False),
+    )
+    recipe = meta(document)["source"]
+    build = builds.ensure_build("acme/http-only", "", sha, recipe, user=owner)
 
     assert analysed == sha
     assert (recipe["transport"], recipe["entry"], recipe["pythonInstall"]) == (
