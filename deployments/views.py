@@ -31,6 +31,7 @@ from deployments.services import (
     source_package,
     unique_name,
 )
+from deployments.snippets import client_snippets
 
 ACTIVITY_EVENTS = 200
 FIRST_TOKEN_LABEL = "created with the deployment"  # noqa: S105 - a label, not a secret
@@ -76,6 +77,7 @@ def deployment_detail(request: HttpRequest, deployment_id) -> HttpResponse:
         "build": build,
         "build_log": "\n".join(builds.log_tail(build, 40)) if build else "",
         "first_token": first_token,
+        "snippets": client_snippets(deployment.name, deployment.endpoint_url, first_token or ""),
         "events": deployment.events.select_related("actor")[:50],
         "credentials": deployment.credentials.only("name", "is_secret", "updated_at"),
         "tokens": deployment.access_tokens.all(),
