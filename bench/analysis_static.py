@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import report
 from bench.proctree import machine_busy_seconds
 
 if TYPE_CHECKING:
@@ -224,8 +225,4 @@ def render(measurement: Measurement, context: Mapping[str, Any]) -> str:
 
 
 def update_docs(path: Path, markdown: str) -> None:
-    text = path.read_text()
-    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
-    if begin < 0 or end < begin:
-        raise ValueError(f"{path} lacks the {BEGIN_MARKER} … {END_MARKER} markers")
-    path.write_text(text[: begin + len(BEGIN_MARKER)] + "\n" + markdown + "\n" + text[end:])
+    report.replace_section(path, BEGIN_MARKER, END_MARKER, markdown)

@@ -198,9 +198,17 @@ def result_json(result: TargetResult) -> dict[str, Any]:
 
 
 def update_docs(path: Path, markdown: str) -> None:
-    """Replace what lies between the result markers of ``path`` with ``markdown``."""
+    """Replace what lies between the relay result markers of ``path`` with ``markdown``."""
+    replace_section(path, BEGIN_MARKER, END_MARKER, markdown, trailing_newline=False)
+
+
+def replace_section(
+    path: Path, begin_marker: str, end_marker: str, markdown: str, *, trailing_newline: bool = True
+) -> None:
+    """Replace what lies between one section's markers of ``path`` with ``markdown``."""
     text = path.read_text()
-    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin < 0 or end < begin:
-        raise ValueError(f"{path} lacks the {BEGIN_MARKER} … {END_MARKER} markers")
-    path.write_text(text[: begin + len(BEGIN_MARKER)] + "\n" + markdown + text[end:])
+        raise ValueError(f"{path} lacks the {begin_marker} … {end_marker} markers")
+    tail = "\n" if trailing_newline else ""
+    path.write_text(text[: begin + len(begin_marker)] + "\n" + markdown + tail + text[end:])

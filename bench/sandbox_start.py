@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import peers
+from bench import peers, report
 from bench.proctree import tree_cpu_seconds
 
 INITIALIZE = (
@@ -207,8 +207,4 @@ def render(timings: list[Timings], server_command: Sequence[str], starts: int) -
 
 
 def update_docs(path: Path, markdown: str) -> None:
-    text = path.read_text()
-    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
-    if begin < 0 or end < begin:
-        raise ValueError(f"{path} lacks the {BEGIN_MARKER} … {END_MARKER} markers")
-    path.write_text(text[: begin + len(BEGIN_MARKER)] + "\n" + markdown + "\n" + text[end:])
+    report.replace_section(path, BEGIN_MARKER, END_MARKER, markdown)

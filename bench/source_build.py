@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import report
+
 REPOS = Path(__file__).resolve().parents[1] / "deployments" / "tests" / "source_repos"
 SHAPES = ("plain-javascript", "typescript-build", "python-requirements", "python-http")
 CACHED_REPEATS = 5
@@ -120,7 +122,6 @@ def measure(shapes: tuple[str, ...] = SHAPES, repeats: int = CACHED_REPEATS) -> 
 
 def render(rows: list[Row], context: Mapping[str, Any]) -> str:
     lines = [
-        BEGIN_MARKER,
         "| Repository | Package manager | Cold build s | Cold build CPU s "
         "| Cached (second deploy) ms | Build MiB |",
         "|---|---|---:|---:|---:|---:|",
@@ -137,17 +138,9 @@ def render(rows: list[Row], context: Mapping[str, Any]) -> str:
         f"- Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
         f"Linux {machine['kernel']}; python {versions['python']}, node {versions['node']}, "
         f"catwalk {versions['catwalk']}",
-        END_MARKER,
     ]
     return "\n".join(lines)
 
 
 def update_docs(path: Path, markdown: str) -> None:
-    text = path.read_text()
-    if BEGIN_MARKER in text and END_MARKER in text:
-        head, rest = text.split(BEGIN_MARKER, 1)
-        _, tail = rest.split(END_MARKER, 1)
-        text = head + markdown + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + markdown + "\n"
-    path.write_text(text)
+    report.replace_section(path, BEGIN_MARKER, END_MARKER, markdown)
