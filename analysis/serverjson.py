@@ -106,7 +106,7 @@ def select_variables(findings: Findings) -> list[Setting]:
             ]
             if own or setting.name in findings.mentioned:
                 kept.append(setting)
-    prefixes = _families([setting.name for setting in kept] + _package_words(findings))
+    prefixes = _families([setting.name for setting in kept]) | _package_prefixes(findings)
     names = {setting.name for setting in kept}
     for name, sources in findings.mentioned.items():
         if name in names or is_generic(name) or is_ambient(name):
@@ -153,15 +153,15 @@ def _families(names: list[str]) -> set[str]:
     return {prefix for prefix, count in counts.items() if count >= 2 and len(prefix) >= 6}
 
 
-def _package_words(findings: Findings) -> list[str]:
-    """Names like PLAYWRIGHT_MCP_X for the package's own words, so its family counts too."""
-    words: list[str] = []
+def _package_prefixes(findings: Findings) -> set[str]:
+    """The package's own first two words as a family (`@playwright/mcp` → `PLAYWRIGHT_MCP_`)."""
+    prefixes = set()
     for package in findings.packages:
-        parts = re.split(r"[^A-Za-z0-9]+", package.identifier.upper())
-        parts = [part for part in parts if part]
-        if len(parts) >= 2:
-            words.extend(["_".join(parts[:2]) + "_X", "_".join(parts[:2]) + "_Y"])
-    return words
+        parts = [part for part in re.split(r"[^A-Za-z0-9]+", package.identifier.upper()) if part]
+        prefix = "_".join(parts[:2]) + "_"
+        if len(parts) >= 2 and len(prefix) >= 6:
+            prefixes.add(prefix)
+    return prefixes
 
 
 def environment_variable(setting: Setting) -> dict[str, Any]:
