@@ -179,23 +179,18 @@ def ensure_build(
 ) -> SourceBuild:
     """The finished build for this key, building it here if needed (or waiting for the worker
     that is). Raises BuildFailed."""
+    build, mine = claim(repository, subfolder, commit_sha, recipe, user=user)
+    if mine:
+        run_build(build, Recipe.from_meta(recipe), github_token)
     deadline = time.monotonic() + settings.BUILD_TIMEOUT_SECONDS * 2
-    while True:
-        build, mine = claim(repository, subfolder, commit_sha, recipe, user=user)
-        if mine:
-            run_build(build, Recipe.from_meta(recipe), github_token)
-        if build.status == BuildStatus.SUCCEEDED:
-            return build
-        if build.status == BuildStatus.FAILED:
-            raise BuildFailed(build.error)
+    while build.status == BuildStatus.BUILDING:  # another worker's: wait for its outcome
         if time.monotonic() > deadline:
             raise BuildFailed("Another build of this commit did not finish in time.")
         time.sleep(WAIT_POLL_SECONDS)
         build.refresh_from_db()
-        if build.status == BuildStatus.SUCCEEDED:
-            return build
-        if build.status == BuildStatus.FAILED:
-            raise BuildFailed(build.error)
+    if build.status == BuildStatus.FAILED:
+        raise BuildFailed(build.error)
+    return build
 
 
 def build_claimed(build_id: int, github_token: str = "") -> SourceBuild:
