@@ -2,6 +2,7 @@ from celery import shared_task
 
 from deployments import builds, housekeeping
 from deployments.github_tokens import github_token_for
+from deployments.models import SourceBuild
 from deployments.runtimes.local import nudge_supervisor
 
 
@@ -19,8 +20,6 @@ def fail_abandoned_builds() -> int:
 def build_source(build_id: int) -> None:
     """Build a claimed source build with its requester's GitHub token, then wake the supervisor
     so the deployments waiting for it start (or fail with its error)."""
-    from deployments.models import SourceBuild
-
     build = SourceBuild.objects.select_related("requested_by").get(pk=build_id)
     token = github_token_for(build.requested_by) if build.requested_by else ""
     builds.build_claimed(build_id, token)
