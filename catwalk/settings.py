@@ -171,6 +171,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "prune-tool-calls": {"task": "deployments.tasks.prune_tool_calls", "schedule": 3600.0},
+    "prune-playground-tokens": {
+        "task": "deployments.tasks.prune_playground_tokens",
+        "schedule": 3600.0,
+    },
     "fail-stale-analyses": {"task": "analysis.tasks.fail_stale_analyses", "schedule": 300.0},
     "fail-abandoned-builds": {"task": "deployments.tasks.fail_abandoned_builds", "schedule": 300.0},
 }
@@ -238,7 +242,7 @@ SILENCED_SYSTEM_CHECKS = ["security.W021"]  # HSTS preload is the operator's own
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(config.read("CATWALK_STATIC_ROOT", str(BASE_DIR / "staticfiles"))).resolve()
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -388,6 +392,8 @@ RATE_LIMIT_REQUESTS_PER_MINUTE = config.read_int("RATE_LIMIT_REQUESTS_PER_MINUTE
 
 GATEWAY_MAX_BODY_BYTES = config.read_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 GATEWAY_WAKE_TIMEOUT_SECONDS = config.read_int("GATEWAY_WAKE_TIMEOUT_SECONDS", 60, minimum=1)
+# How long the playground on a deployment's page waits for a tool's answer.
+PLAYGROUND_CALL_TIMEOUT_SECONDS = config.read_int("PLAYGROUND_CALL_TIMEOUT_SECONDS", 30, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
@@ -404,5 +410,8 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # One line per request: the supervisor's health checks would drown everything else.
         "httpx": {"level": "WARNING"},
+        # Likewise the MCP SDK's client and its HTTP library, several lines per playground call.
+        "httpx2": {"level": "WARNING"},
+        "mcp.client": {"level": "WARNING"},
     },
 }

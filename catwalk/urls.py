@@ -4,6 +4,7 @@ from django.urls import path, reverse_lazy
 
 from analysis import views as analysis_views
 from catwalk import views
+from deployments import playground_views
 from deployments import views as deployment_views
 
 FORM = "accounts/form.html"
@@ -78,6 +79,38 @@ account_patterns = [
     path("setup/claim-admin/<str:token>/", views.claim_admin, name="claim-admin"),
 ]
 
+
+def _deployment_path(route: str, view, name: str, **kwargs):
+    return path(
+        f"deployments/<uuid:deployment_id>/{route}", view, kwargs, name=f"deployment-{name}"
+    )
+
+
+deployment_patterns = [
+    *(
+        _deployment_path(f"{part}/", deployment_views.deployment_part, part, part=part)
+        for part in deployment_views.LIVE_PARTS
+    ),
+    _deployment_path("start/", deployment_views.start_deployment_view, "start"),
+    _deployment_path("stop/", deployment_views.stop_deployment_view, "stop"),
+    _deployment_path("restart/", deployment_views.restart_deployment_view, "restart"),
+    _deployment_path("delete/", deployment_views.delete_deployment_view, "delete"),
+    _deployment_path("tokens/", deployment_views.create_token_view, "token-create"),
+    _deployment_path(
+        "tokens/<int:token_id>/revoke/", deployment_views.revoke_token_view, "token-revoke"
+    ),
+    _deployment_path("credentials/", deployment_views.set_credential_view, "credential-set"),
+    _deployment_path(
+        "credentials/<str:name>/remove/",
+        deployment_views.remove_credential_view,
+        "credential-remove",
+    ),
+    _deployment_path("playground/", playground_views.playground, "playground"),
+    _deployment_path(
+        "playground/<path:tool_name>/call/", playground_views.playground_call, "playground-call"
+    ),
+]
+
 urlpatterns = [
     path("", deployment_views.dashboard, name="dashboard"),
     path(
@@ -85,6 +118,7 @@ urlpatterns = [
         deployment_views.deployment_detail,
         name="deployment-detail",
     ),
+    *deployment_patterns,
     path(
         "deployments/<uuid:deployment_id>/redeploy/",
         deployment_views.redeploy_deployment,
@@ -109,6 +143,7 @@ urlpatterns = [
         name="analysis-server-json",
     ),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon),
     path("admin/", admin.site.urls),
     *account_patterns,
 ]

@@ -7,10 +7,11 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from catwalk import accounts
 
@@ -77,3 +78,9 @@ def claim_admin(request: HttpRequest, token: str) -> HttpResponse:
             return redirect("admin:index")
         return render(request, "accounts/claim_admin.html", {"taken": True}, status=410)
     return render(request, "accounts/claim_admin.html", {})
+
+
+@require_safe
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on pages that name no icon (JSON answers, errors)."""
+    return HttpResponsePermanentRedirect(static("favicon.svg"))

@@ -93,9 +93,9 @@ class AccessTokenAdmin(OwnedAdmin):
         "expires_at",
         "revoked_at",
     ]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "purpose", "created_at"]
     search_fields = ["label", "prefix", "deployment__name"]
-    readonly_fields = ["prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["prefix", "purpose", "created_at", "last_used_at", "revoked_at"]
     list_select_related = ["deployment"]
     actions = ["revoke"]
 

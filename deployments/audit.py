@@ -8,7 +8,9 @@ nobody (the command line).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from inspect import iscoroutinefunction
 
 from django.contrib.auth import get_user_model
@@ -25,6 +27,10 @@ _request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar(
 )
 
 UNSET = object()
+
+_actor: contextvars.ContextVar[object] = contextvars.ContextVar(
+    "catwalk_audit_actor", default=UNSET
+)
 
 
 @sync_and_async_middleware
@@ -51,6 +57,20 @@ def AuditMiddleware(get_response):
     return middleware
 
 
+@contextlib.contextmanager
+def acting_as(actor) -> Iterator[None]:
+    """Name `actor` as who did what is recorded inside, where a signal records it (a deletion,
+    a credential saved): a service called with an actor. None leaves the request's user."""
+    if actor is None:
+        yield
+        return
+    token = _actor.set(actor)
+    try:
+        yield
+    finally:
+        _actor.reset(token)
+
+
 def record(
     action: str,
     *,
@@ -61,6 +81,8 @@ def record(
     request: HttpRequest | None = None,
 ) -> AuditEvent:
     request = request or _request.get()
+    if actor is UNSET:
+        actor = _actor.get()
     if actor is UNSET:
         current = getattr(request, "user", None) if request is not None else None
         actor = current if current is not None and current.is_authenticated else None
@@ -184,8 +206,9 @@ def _token_saved(sender, instance: AccessToken, created: bool, **kwargs) -> None
 
 @receiver(post_delete, sender=AccessToken)
 def _token_deleted(sender, instance: AccessToken, origin=None, **kwargs) -> None:
-    # Deleting a live token revokes it; one deleted with its deployment or account is no news.
-    if instance.revoked_at is not None or not _deleted_as_part_of(origin, AccessToken):
+    # Deleting a live token revokes it; an expired or revoked one, or one deleted with its
+    # deployment or account, is no news (the clean-up deletes expired playground tokens).
+    if not instance.is_active or not _deleted_as_part_of(origin, AccessToken):
         return
     deployment = Deployment.objects.filter(pk=instance.deployment_id).first()
     if deployment is None:

@@ -48,6 +48,7 @@ from deployments.runtimes.local import (
     package_environment,
     sandboxed_package_environment,
     shared_caches,
+    tail_lines,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,11 +87,12 @@ def build_uid() -> int:
 
 
 def log_tail(build: SourceBuild, lines: int = LOG_TAIL_LINES) -> list[str]:
+    # Only the end is read: a chatty install can log megabytes, and the deployment page shows
+    # these lines on every view.
     try:
-        text = log_path(build).read_text(errors="replace")
+        return tail_lines(log_path(build), lines)
     except OSError:
         return []
-    return text.splitlines()[-lines:]
 
 
 # --- The commands a recipe calls for ----------------------------------------------------------

@@ -13,9 +13,16 @@ from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString
 
 from deployments.github_tokens import validate_github_token
-from deployments.models import ENV_NAME_VALIDATOR, SLUG_VALIDATOR, ProcessModel
+from deployments.models import (
+    CREDENTIAL_VALUE_MAX_BYTES,
+    ENV_NAME_VALIDATOR,
+    SLUG_VALIDATOR,
+    ProcessModel,
+    Runtime,
+)
+from deployments.runtimes.base import available_runtimes
 
-MAX_VALUE_BYTES = 32 * 1024
+MAX_VALUE_BYTES = CREDENTIAL_VALUE_MAX_BYTES
 RESERVED_PREFIX = "CATWALK_"
 EXTRA_FIELD = "extra_environment"
 KEEP_STORED = "Already stored: leave blank to keep the stored value."
@@ -235,6 +242,22 @@ class DeployForm(forms.Form):
         "the server keeps state per user (files, a browser, a login) that sessions must not "
         "share; each session then costs a process of its own.",
     )
+    runtime = forms.ChoiceField(
+        label="Runs on",
+        required=False,  # left out: the first available runtime, this host
+        choices=Runtime.choices,
+        initial=Runtime.LOCAL,
+        widget=forms.RadioSelect,
+        help_text="Where the server's process runs. Its endpoint is on Catwalk either way.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        kinds = set(available_runtimes())
+        self.fields["runtime"].choices = [c for c in Runtime.choices if c[0] in kinds]
+
+    def clean_runtime(self) -> str:
+        return self.cleaned_data["runtime"] or self.fields["runtime"].choices[0][0]
 
 
 class GitHubTokenForm(forms.Form):
@@ -245,3 +268,51 @@ class GitHubTokenForm(forms.Form):
         help_text="A fine-grained personal access token with read-only access to the "
         "contents of the repositories to analyse (or a classic token with the repo scope).",
     )
+
+
+class CredentialUpdateForm(forms.Form):
+    """One credential of a running deployment, added or replaced. The value is write-only: the
+    form never renders it back, even with errors."""
+
+    name = forms.CharField(
+        max_length=255,
+        validators=[ENV_NAME_VALIDATOR],
+        help_text="The environment variable, e.g. API_KEY.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    value = forms.CharField(
+        strip=False,
+        validators=[_within_size],
+        widget=forms.PasswordInput(attrs=SECRET_INPUT_ATTRS),
+        help_text="Stored encrypted; never shown again.",
+    )
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if name.upper().startswith(RESERVED_PREFIX):
+            raise ValidationError(f"Names starting {RESERVED_PREFIX} are Catwalk's own.")
+        return name
+
+
+class TokenForm(forms.Form):
+    label = forms.CharField(
+        max_length=100,
+        help_text="Where it is used, e.g. “laptop” or “Cursor”.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
+
+
+class DeleteForm(forms.Form):
+    """Deleting asks for the deployment's name, typed, so no stray click deletes it."""
+
+    confirm = forms.CharField(label="Type the deployment's name to confirm", max_length=255)
+
+    def __init__(self, name: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = name
+
+    def clean_confirm(self) -> str:
+        typed = self.cleaned_data["confirm"].strip()
+        if typed != self.expected:
+            raise ValidationError(f"Type {self.expected} exactly to delete it.")
+        return typed

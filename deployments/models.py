@@ -18,6 +18,7 @@ ENV_NAME_VALIDATOR = RegexValidator(
     r"^[A-Za-z_][A-Za-z0-9_]*$",
     "Use letters, digits and underscores, not starting with a digit.",
 )
+CREDENTIAL_VALUE_MAX_BYTES = 32 * 1024
 SLUG_VALIDATOR = RegexValidator(
     r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
     "Use lowercase letters, digits and hyphens (1 to 63 characters, no hyphen at either end).",
@@ -134,6 +135,8 @@ class Deployment(models.Model):
     status_detail = models.TextField(blank=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
     last_active_at = models.DateTimeField(null=True, blank=True)
+    # The latest restart its owner asked for: a server process started before it is replaced.
+    restart_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The host uid the local runtime's sandbox runs this deployment's processes as: its own,
     # so no other deployment can signal, trace or share files with them.
     sandbox_uid = models.PositiveIntegerField(unique=True, null=True, blank=True, editable=False)
@@ -225,6 +228,42 @@ class Deployment(models.Model):
                 )
         self.desired_state = desired
 
+    def request_restart(self, message: str = "Restart requested.", actor=None) -> bool:
+        """Ask for a fresh server process, which reads the current credentials; returns False,
+        changing nothing, when the deployment is not wanted running.
+
+        The supervisor replaces a bridge started before the request (`restart_requested_at`, so
+        a request survives a supervisor restart). A sleeping deployment has no process and
+        starts afresh when it wakes; a failed one is started again.
+        """
+        from deployments import audit
+
+        with transaction.atomic():
+            current = (
+                Deployment.objects.select_for_update()
+                .only("desired_state", "status")
+                .get(pk=self.pk)
+            )
+            if current.desired_state != DesiredState.RUNNING:
+                return False
+            now = timezone.now()
+            Deployment.objects.filter(pk=self.pk).update(restart_requested_at=now, updated_at=now)
+            DeploymentEvent.objects.create(
+                deployment_id=self.pk, kind=EventKind.ACTION, message=message, actor=actor
+            )
+            audit.record(
+                AuditAction.DEPLOYMENT_RESTARTED,
+                user=self.owner_id,
+                deployment=self,
+                subject=self.name,
+                actor=actor if actor is not None else audit.UNSET,
+            )
+            if current.status == Status.FAILED:
+                # The supervisor never retries a failed deployment by itself.
+                self.move_to(Status.STARTING, "Starting again.", actor=actor)
+        self.restart_requested_at = now
+        return True
+
     def ensure_sandbox_uid(self) -> int:
         """This deployment's sandbox uid, allocated on first use above SANDBOX_UID_BASE."""
         if self.sandbox_uid is not None:
@@ -297,6 +336,13 @@ class AccessTokenQuerySet(models.QuerySet):
         )
 
 
+class TokenPurpose(models.TextChoices):
+    CLIENT = "client", "MCP clients"
+    # Minted by the server for the deployment page's playground, short-lived, never shown:
+    # kept apart so the page's token list and the clean-up can tell them from the owner's own.
+    PLAYGROUND = "playground", "Playground"
+
+
 class AccessToken(models.Model):
     """A bearer token for one deployment's endpoint. Only its hash is stored."""
 
@@ -310,6 +356,9 @@ class AccessToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    purpose = models.CharField(
+        max_length=10, choices=TokenPurpose.choices, default=TokenPurpose.CLIENT, editable=False
+    )
 
     objects = AccessTokenQuerySet.as_manager()
 
@@ -321,7 +370,11 @@ class AccessToken(models.Model):
 
     @classmethod
     def issue(
-        cls, deployment: Deployment, label: str, expires_at: datetime | None = None
+        cls,
+        deployment: Deployment,
+        label: str,
+        expires_at: datetime | None = None,
+        purpose: str = TokenPurpose.CLIENT,
     ) -> tuple[AccessToken, str]:
         """Create a token; the plaintext is returned once and never stored."""
         plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -331,6 +384,7 @@ class AccessToken(models.Model):
             prefix=plaintext[:TOKEN_VISIBLE_CHARS],
             token_hash=hash_token(plaintext),
             expires_at=expires_at,
+            purpose=purpose,
         )
         return token, plaintext
 
@@ -430,6 +484,7 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_CREATED = "deployment_created", "Deployment created"
     DEPLOYMENT_STARTED = "deployment_started", "Deployment started"
     DEPLOYMENT_STOPPED = "deployment_stopped", "Deployment stopped"
+    DEPLOYMENT_RESTARTED = "deployment_restarted", "Deployment restarted"
     DEPLOYMENT_DELETED = "deployment_deleted", "Deployment deleted"
     GITHUB_TOKEN_SET = "github_token_set", "GitHub token set"
     GITHUB_TOKEN_REMOVED = "github_token_removed", "GitHub token removed"

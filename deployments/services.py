@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -18,7 +18,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from deployments import audit
 from deployments.models import (
+    CREDENTIAL_VALUE_MAX_BYTES,
     ENV_NAME_VALIDATOR,
     TOKEN_PREFIX,
     TOKEN_VISIBLE_CHARS,
@@ -154,6 +156,15 @@ def _check_environment(environment: dict[str, str]) -> None:
             ) from None
         if key.startswith(RESERVED_ENV_PREFIX):
             raise DeploymentError(f"{key!r}: names starting {RESERVED_ENV_PREFIX} are reserved")
+    # Messages name the variable, never the value: it may be a secret.
+    for key, value in environment.items():
+        if "\0" in value:
+            # No process can receive it: the server's start would fail on every attempt.
+            raise DeploymentError(f"the value of {key} contains a NUL character")
+        if len(value.encode()) > CREDENTIAL_VALUE_MAX_BYTES:
+            raise DeploymentError(
+                f"the value of {key} is longer than {CREDENTIAL_VALUE_MAX_BYTES // 1024} KiB"
+            )
 
 
 def source_package(build: SourceBuild) -> PackageSpec:
@@ -272,6 +283,84 @@ def stop_deployment(deployment: Deployment, actor=None) -> None:
     _apply_on_commit(deployment)
 
 
+def restart_deployment(deployment: Deployment, actor=None) -> None:
+    """Replace the deployment's server with a fresh process, which reads the current
+    credentials. A sleeping deployment stays asleep (it starts afresh when it wakes); a failed
+    one starts again. Raises DeploymentError when it is stopped: starting it is what it needs.
+    """
+    if not deployment.request_restart(actor=actor):
+        raise DeploymentError(f"{deployment.name} is stopped; start it instead")
+    _apply_on_commit(deployment)
+
+
+def _lock_deployment(deployment: Deployment) -> None:
+    """Serialise changes to one deployment; DeploymentError once it is deleted."""
+    if not Deployment.objects.select_for_update().filter(pk=deployment.pk).exists():
+        raise DeploymentError(f"{deployment.name} no longer exists")
+
+
+def _credential_changed(deployment: Deployment, change: str, restart: str, actor) -> None:
+    """One event in the history: the change, and the restart it causes when the deployment
+    is wanted running (so the server sees it), or when the server will see it."""
+    if deployment.request_restart(f"{change}; {restart}", actor=actor):
+        _apply_on_commit(deployment)
+    else:
+        DeploymentEvent.objects.create(
+            deployment=deployment,
+            kind=EventKind.CONFIG,
+            message=f"{change}; the server gets it when it next starts.",
+            actor=actor,
+        )
+
+
+def set_credential(deployment: Deployment, name: str, value: str, actor=None) -> None:
+    """Create or replace one credential (stored encrypted, never shown again) and restart a
+    deployment that is wanted running so its server uses it. Raises DeploymentError (and writes
+    nothing) for a name or value no server could receive."""
+    _check_environment({name: value})
+    with transaction.atomic(), audit.acting_as(actor):
+        _lock_deployment(deployment)
+        credential = Credential.objects.filter(deployment=deployment, name=name).first()
+        replaced = credential is not None
+        if credential is None:
+            credential = Credential(deployment=deployment, name=name)
+        credential.set_value(value)
+        credential.save()
+        _credential_changed(
+            deployment,
+            f"{name} {'replaced' if replaced else 'set'}",
+            "restarting so the server uses it.",
+            actor,
+        )
+
+
+def remove_credential(deployment: Deployment, name: str, actor=None) -> None:
+    """Delete one credential and restart a deployment that is wanted running, so its server
+    no longer has it. Raises DeploymentError when there is no such credential."""
+    with transaction.atomic(), audit.acting_as(actor):
+        _lock_deployment(deployment)
+        deleted, _ = Credential.objects.filter(deployment=deployment, name=name).delete()
+        if not deleted:
+            raise DeploymentError(f"{deployment.name} has no credential named {name!r}")
+        _credential_changed(
+            deployment, f"{name} removed", "restarting so the server goes without it.", actor
+        )
+
+
+def delete_deployment(deployment: Deployment, actor=None) -> None:
+    """Delete the deployment with its credentials, tokens, call log and history.
+
+    The supervisor stops the bridge of a deployment whose row is gone and removes its files
+    (as when an account is deleted); the audit log keeps the deletion, with `actor`. Raises
+    DeploymentError when it is already gone.
+    """
+    with transaction.atomic(), audit.acting_as(actor):
+        # A second request to delete it finds it gone instead of recording another deletion.
+        _lock_deployment(deployment)
+        deployment.delete()
+    _apply_on_commit(deployment)
+
+
 def wait_until_ready(deployment: Deployment, timeout: float, poll: float = 0.25) -> list[str]:
     """Wait until the deployment runs and a `tools/list` through its endpoint answers.
 
@@ -310,13 +399,42 @@ def _not_ready(deployment: Deployment, what: str, probe_error: str) -> str:
     return "\n".join(lines)
 
 
+def create_token(
+    deployment: Deployment, label: str, actor=None, expires_at: datetime | None = None
+) -> tuple[AccessToken, str]:
+    """Issue an access token; returns it and its plaintext, shown once and never stored.
+
+    Raises DeploymentError for a label that is blank or over 100 characters once stripped, or an
+    expiry that has passed.
+    """
+    label = label.strip()
+    longest = AccessToken._meta.get_field("label").max_length
+    if not label or len(label) > longest:
+        raise DeploymentError(f"a token's label must be 1 to {longest} characters")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise DeploymentError("a token's expiry must be in the future")
+    with audit.acting_as(actor):
+        return AccessToken.issue(deployment, label, expires_at=expires_at)
+
+
 def issue_token(
     deployment: Deployment, label: str, expires_in_days: int | None = None
 ) -> tuple[AccessToken, str]:
     expires_at = (
         timezone.now() + timedelta(days=expires_in_days) if expires_in_days is not None else None
     )
-    return AccessToken.issue(deployment, label, expires_at=expires_at)
+    return create_token(deployment, label, expires_at=expires_at)
+
+
+def revoke_token(deployment: Deployment, token_id: int | str, actor=None) -> AccessToken:
+    """Revoke one of this deployment's tokens (again: no change). Raises TokenNotFound for a
+    token of another deployment, as for one that does not exist."""
+    try:
+        token = deployment.access_tokens.get(pk=token_id)
+    except (AccessToken.DoesNotExist, ValueError, TypeError):
+        raise TokenNotFound(f"{deployment.name} has no token {token_id}") from None
+    token.revoke(actor=actor)
+    return token
 
 
 def find_token(reference: str) -> AccessToken:

@@ -10,6 +10,8 @@ is nudged by the web process through a datagram socket so a wake-up need not wai
   daemon thread so a slow first `npx` download never stalls the loop.
 - Failures restart with exponential backoff; a deployment that fails to start
   `MAX_FAILED_STARTS` times in a row is marked failed instead of looping forever.
+- A bridge started before its deployment's latest restart request (`restart_requested_at`,
+  recorded in the pidfile at spawn) is stopped and a fresh one started, also after adoption.
 - SIGTERM/SIGINT stop every bridge and exit; SIGUSR1 (or `--leave-running`) exits leaving
   them serving, for upgrades.
 """
@@ -28,7 +30,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -77,6 +79,7 @@ ROW_FIELDS = (
     "status",
     "status_changed_at",
     "last_active_at",
+    "restart_requested_at",
     "source_build__status",
     "next_build_id",
     "next_build__status",
@@ -166,6 +169,8 @@ class ManagedBridge:
     process: psutil.Process
     paths: local.RunPaths
     popen: subprocess.Popen[bytes] | None = None
+    # The deployment's restart request when it started (see local.PidRecord).
+    restart_requested_at: datetime | None = None
     started_at: float = field(default_factory=time.monotonic)
     ready_since: float | None = None
     probe: Probe | None = None
@@ -389,7 +394,9 @@ class Supervisor:
             record = local.PidRecord.read(paths.pidfile)
             process = record.find_process() if record is not None else None
             if process is not None and record is not None and record.socket == str(paths.socket):
-                bridge = ManagedBridge(deployment_id, process, paths)
+                bridge = ManagedBridge(
+                    deployment_id, process, paths, restart_requested_at=record.restart_requested_at
+                )
                 if known.get(deployment_id, {}).get("status") == Status.RUNNING:
                     bridge.ready_since = time.monotonic()
                 self.bridges[deployment_id] = bridge
@@ -462,6 +469,10 @@ class Supervisor:
         if build == BuildStatus.FAILED and status == Status.PENDING:
             self._move(row, Status.FAILED, "The build failed; its log says why.")
             return
+        if bridge is not None and self._restart_due(row, bridge):
+            self._move(row, Status.STARTING, "Restarting, as asked.")
+            self._begin_stop(bridge, "restart")  # the next passes start a fresh one
+            return
         if status in (Status.PENDING, Status.STOPPED):
             self._move(row, Status.STARTING, "Starting.")
         elif status == Status.CRASHED:
@@ -483,6 +494,15 @@ class Supervisor:
             self._spawn(row)
         else:
             self._check_starting(row, bridge)
+
+    def _restart_due(self, row: dict[str, Any], bridge: ManagedBridge) -> bool:
+        """Was a restart asked for since this bridge started? Not carried out while the bridge
+        switches to a new build, which needs it: the restart follows the switch."""
+        return (
+            row["status"] in (Status.STARTING, Status.RUNNING)
+            and row["restart_requested_at"] != bridge.restart_requested_at
+            and row["id"] not in self.switches
+        )
 
     # -- redeploys (deployments/redeploy.py) -------------------------------------------------
 
@@ -565,13 +585,22 @@ class Supervisor:
                     start_new_session=True,
                 )
             process = psutil.Process(popen.pid)
-            local.PidRecord(popen.pid, process.create_time(), str(paths.socket)).write(
-                paths.pidfile
-            )
+            local.PidRecord(
+                popen.pid,
+                process.create_time(),
+                str(paths.socket),
+                deployment.restart_requested_at,
+            ).write(paths.pidfile)
         except (OSError, psutil.Error) as exc:
             self._record_failure(row, f"Cannot start the bridge: {exc}")
             return
-        self.bridges[deployment.id] = ManagedBridge(deployment.id, process, paths, popen)
+        self.bridges[deployment.id] = ManagedBridge(
+            deployment.id,
+            process,
+            paths,
+            popen,
+            restart_requested_at=deployment.restart_requested_at,
+        )
         log.info("%s (%s): bridge started, pid %d", row["name"], row["id"], popen.pid)
 
     def _check_starting(self, row: dict[str, Any], bridge: ManagedBridge) -> None:

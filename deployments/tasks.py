@@ -12,6 +12,11 @@ def prune_tool_calls() -> int:
 
 
 @shared_task
+def prune_playground_tokens() -> int:
+    return housekeeping.prune_playground_tokens()
+
+
+@shared_task
 def fail_abandoned_builds() -> int:
     return housekeeping.fail_abandoned_builds()
 

@@ -374,7 +374,7 @@ def test_a_server_that_failed_to_start_shows_its_error_output(owner_client, anal
     finish(analysis, server_json(tools=tools))
     html = owner_client.get(f"/analyses/{analysis.pk}/").content.decode()
     assert "Starting the server failed: The server exited with status 1" in html
-    assert "<pre>TypeError: boom\n    at main (index.js:3)</pre>" in html
+    assert '<pre tabindex="0">TypeError: boom\n    at main (index.js:3)</pre>' in html
 
 
 def test_a_repository_without_a_package_gives_its_verdict(owner_client, analysis):

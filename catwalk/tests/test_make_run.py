@@ -74,10 +74,10 @@ def test_make_run_serves_sign_in_and_health_then_stops_cleanly(tmp_path):
         deadline = time.monotonic() + 420
         health = wait_for(f"http://127.0.0.1:{port}/healthz", deadline, process)
         assert health.status_code == 200, health.text
-        sign_in = httpx.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=5)
+        sign_in = httpx.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=30)
         assert sign_in.status_code == 200
         assert "Sign in" in sign_in.text
-        stylesheet = httpx.get(f"http://127.0.0.1:{port}/static/css/app.css", timeout=5)
+        stylesheet = httpx.get(f"http://127.0.0.1:{port}/static/css/app.css", timeout=30)
         assert stylesheet.status_code == 200
         output = (tmp_path / "make-run.log").read_text()
         assert "/setup/claim-admin/" in output

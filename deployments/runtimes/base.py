@@ -60,6 +60,11 @@ class Endpoint:
 class Runtime(ABC):
     kind: str
 
+    @classmethod
+    def is_configured(cls) -> bool:
+        """Whether new deployments may choose this runtime (its settings are in place)."""
+        return True
+
     @abstractmethod
     def apply(self, deployment: Deployment) -> None:
         """Start moving the world toward the deployment's desired state. Never blocks long."""
@@ -104,6 +109,13 @@ def _load_runtime_modules() -> None:
             for module in RUNTIME_MODULES:
                 importlib.import_module(module)
             _loaded = True
+
+
+def available_runtimes() -> list[str]:
+    """The kinds new deployments may choose, in registration order."""
+    if not _loaded:
+        _load_runtime_modules()
+    return [kind for kind, runtime in _registry.items() if runtime.is_configured()]
 
 
 def get_runtime(kind: str) -> Runtime:

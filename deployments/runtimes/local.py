@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -191,22 +192,38 @@ def nudge_supervisor() -> None:
 
 @dataclass(frozen=True)
 class PidRecord:
-    """A bridge as the supervisor started it: the start time and socket rule out pid reuse."""
+    """A bridge as the supervisor started it: the start time and socket rule out pid reuse.
+
+    `restart_requested_at` is the deployment's restart request as it stood when the bridge
+    started (the bridge serves the credentials of that moment): a request other than that one
+    is still to be carried out. The request's own value, not a clock reading of the bridge,
+    so two clocks never need to agree.
+    """
 
     pid: int
     create_time: float
     socket: str
+    restart_requested_at: datetime | None = None
 
     def write(self, path: Path) -> None:
+        data = asdict(self)
+        if self.restart_requested_at is not None:
+            data["restart_requested_at"] = self.restart_requested_at.isoformat()
         staging = path.with_name(path.name + ".tmp")
-        staging.write_text(json.dumps(asdict(self)))
+        staging.write_text(json.dumps(data))
         os.replace(staging, path)
 
     @classmethod
     def read(cls, path: Path) -> PidRecord | None:
         try:
             data = json.loads(path.read_text())
-            return cls(int(data["pid"]), float(data["create_time"]), str(data["socket"]))
+            restart = data.get("restart_requested_at")
+            return cls(
+                int(data["pid"]),
+                float(data["create_time"]),
+                str(data["socket"]),
+                datetime.fromisoformat(restart) if restart else None,
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

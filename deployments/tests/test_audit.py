@@ -3,9 +3,12 @@ shown to its owner (and in the admin) but to nobody else."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from catwalk.testing import PASSWORD, make_credential, make_deployment, make_token, make_user
 from deployments import services
@@ -226,6 +229,15 @@ def test_deleting_a_live_token_is_recorded_as_a_revocation(owner):
     events = AuditEvent.objects.filter(action=AuditAction.TOKEN_REVOKED).order_by("id")
     assert [event.subject.split(" ")[0] for event in events] == ["old", "laptop"]
     assert events.last().subject.endswith("deleted")
+
+
+def test_deleting_an_expired_token_is_no_revocation(owner):
+    expired = timezone.now() - timedelta(minutes=1)
+    token, _ = make_token(make_deployment(owner, "api"), "laptop", expires_at=expired)
+
+    token.delete()
+
+    assert not AuditEvent.objects.filter(action=AuditAction.TOKEN_REVOKED).exists()
 
 
 def test_a_password_set_any_other_way_is_recorded_too(owner):

@@ -317,6 +317,19 @@ def test_the_chosen_process_model_is_kept(owner_client, analysis, applied):
     assert Deployment.objects.get().process_model == ProcessModel.ISOLATED
 
 
+def test_this_host_is_the_runtime_offered_while_no_other_is_configured(owner_client, analysis):
+    html = owner_client.get(url(analysis)).content.decode()
+    assert 'name="deployment-runtime" value="local"' in html
+    assert 'value="fly"' not in html
+
+
+def test_a_runtime_that_is_not_configured_is_refused_inline(owner_client, analysis, applied):
+    response = owner_client.post(url(analysis), good_post(**{"deployment-runtime": "fly"}))
+    assert response.status_code == 400
+    assert b"Select a valid choice." in response.content
+    assert not Deployment.objects.exists()
+
+
 def test_the_first_token_is_shown_once_on_the_deployment_page(owner_client, analysis, applied):
     response = owner_client.post(url(analysis), good_post())
     assert "cwk_" not in response["Location"]

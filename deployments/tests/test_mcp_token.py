@@ -75,7 +75,7 @@ def test_revoke_finds_a_token_by_prefix_id_or_value(deployment, reference):
         (["create", "not-a-uuid", "--label", "x"], "no deployment with id"),
         (["list", "0b9a4f9e-7d3c-4c4e-9a57-5a1f7f5d8c11"], "no deployment with id"),
         (["create", "DEPLOYMENT", "--label", "x", "--expires-in", "0"], "expires-in"),
-        (["create", "DEPLOYMENT", "--label", "  "], "--label must be 1 to 100 characters"),
+        (["create", "DEPLOYMENT", "--label", "  "], "label must be 1 to 100 characters"),
     ],
 )
 def test_bad_references_get_a_clear_error(deployment, args, problem):

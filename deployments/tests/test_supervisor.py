@@ -16,7 +16,7 @@ from django.utils import timezone
 from deployments import services
 from deployments.models import Credential, Deployment, Status
 from deployments.runtimes import sandbox
-from deployments.runtimes.local import SANDBOX_HOME, LocalRuntime, run_paths
+from deployments.runtimes.local import SANDBOX_HOME, LocalRuntime, PidRecord, run_paths
 from deployments.supervisor import SHUTDOWN_DETAIL
 from deployments.tests.conftest import (
     WAIT_SECONDS,
@@ -126,6 +126,32 @@ def test_next_supervisor_adopts_the_bridges_a_previous_one_left(
     assert bridge_process(deployment).pid == bridge.pid
     deployment.refresh_from_db()
     assert deployment.status == Status.RUNNING
+
+
+def test_a_restart_asked_for_while_no_supervisor_runs_happens_once_when_one_comes_back(
+    start_supervisor, owner
+):
+    first_supervisor = start_supervisor()
+    deployment, _ = deploy_fixture_server(owner)
+    first_supervisor.wait_for_status(deployment, Status.RUNNING)
+    family = bridge_family(deployment)
+    assert first_supervisor.stop(signal.SIGUSR1) == 0  # leaves the bridge serving
+
+    services.restart_deployment(deployment)
+    assert family[0].is_running()  # nothing acts on it yet
+    second_supervisor = start_supervisor()
+
+    assert f"adopted bridge pid {family[0].pid}" in second_supervisor.log()
+    assert all_gone(family)
+    second_supervisor.wait_for_status(deployment, Status.RUNNING)
+    fresh = bridge_process(deployment)
+    assert statuses(deployment)[-2:] == [Status.STARTING, Status.RUNNING]
+    time.sleep(0.6)  # a few passes: the fresh bridge stays
+    assert bridge_process(deployment).pid == fresh.pid
+    # What the next supervisor to adopt it compares with the request: it would keep it too.
+    record = PidRecord.read(run_paths(deployment.id).pidfile)
+    assert record is not None and deployment.restart_requested_at is not None
+    assert record.restart_requested_at == deployment.restart_requested_at
 
 
 def test_sigterm_stops_every_bridge_and_exits_cleanly(supervisor, owner):

@@ -39,10 +39,10 @@ class Command(BaseCommand):
     def handle(self, *args, action: str, **options) -> None:
         if action == "create":
             deployment = self._deployment(options["deployment_id"])
-            label = options["label"].strip()
-            if not label or len(label) > AccessToken._meta.get_field("label").max_length:
-                raise CommandError("--label must be 1 to 100 characters")
-            _, token = services.issue_token(deployment, label, options["expires_in"])
+            try:
+                _, token = services.issue_token(deployment, options["label"], options["expires_in"])
+            except services.DeploymentError as exc:
+                raise CommandError(f"--label/--expires-in: {exc}") from exc
             self.stdout.write(token)
         elif action == "list":
             deployment = self._deployment(options["deployment_id"])
