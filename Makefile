@@ -6,13 +6,14 @@ PY := $(BIN)/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format check-migrations bench conformance clean help
+.PHONY: run test lint format check-migrations bench conformance screenshots clean help
 
 help:
 	@echo "make run    - install, migrate and serve Catwalk on http://$(HOST):$(PORT)"
 	@echo "make test   - run the test suite (SQLite, or DATABASE_URL / REDIS_URL when set)"
 	@echo "make lint   - ruff"
-	@echo "make bench  - relay benchmarks, written to docs/benchmarks.md"
+	@echo "make bench  - benchmarks (relays, analysis, builds, page speed), written to docs/benchmarks.md"
+	@echo "make screenshots - every page at desktop and phone width, into docs/screenshots/"
 
 $(PY):
 	@interpreter=$$(scripts/find-python) || exit 1; \
@@ -72,6 +73,12 @@ conformance: $(VENV)/.installed-dev $(CONFORMANCE_DEPS)
 	$(PY) tools/conformance/run.py 'http://127.0.0.1:{port}/mcp' --ready-timeout 180 \
 	  --start '$(abspath $(PY)) -m mcpgateway.stack --port {port} --auth-proxy \
 	  $(if $(filter isolated,$(MODE)),--isolated) -- $(abspath $(PY)) -m mcpgateway.fixture_server'
+
+# Every page at desktop and phone width, into docs/screenshots/ (the README shows some), from a
+# throwaway Catwalk filled through the real flow in Debian's Chromium (apt-get install chromium).
+screenshots: $(VENV)/.installed-dev
+	@scripts/install-sandbox-tools
+	$(PY) -m catwalk.screenshots
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache bench/.peers bench/results

@@ -1,4 +1,4 @@
-"""A whole Catwalk on loopback, for conformance runs, benchmarks and end-to-end checks.
+"""A whole Catwalk on loopback, for conformance runs, benchmarks, end-to-end and browser tests.
 
     python -m mcpgateway.stack --port 9000 [--server uvicorn|daphne] [--auth-proxy]
         [--isolated] [--package SPEC] -- COMMAND ARG…
@@ -73,6 +73,8 @@ class Stack:
             "QUOTA_SESSIONS_PER_USER": "1000000",
             # The fixture server's code, readable inside the sandbox.
             "SANDBOX_READONLY_PATHS": str(ROOT / "mcpgateway"),
+            # Its own copy of the static files (`prepare`), not the checkout's.
+            "CATWALK_STATIC_ROOT": str(data_dir / "static"),
         }
         self.env.pop("REDIS_URL", None)
 
@@ -104,18 +106,44 @@ class Stack:
         return process
 
     def start(self, deploy_args: list[str]) -> dict:
-        self.manage("migrate", "--noinput", "-v0")
+        """Prepare the data folder, start the supervisor, deploy with `mcp_deploy ARGS`, serve."""
+        self.prepare()
         self.manage(
             "shell",
             "-c",
             "from django.contrib.auth import get_user_model;"
             "get_user_model().objects.create_user('stack', 'stack@example.com', 'x' * 20)",
         )
-        self.spawn("supervisor", [sys.executable, "manage.py", "supervise"])
-        self.wait_for_supervisor()
+        self.start_supervisor()
         deployed = json.loads(
             self.manage("mcp_deploy", "--user", "stack", *deploy_args).strip().splitlines()[-1]
         )
+        self.serve()
+        return deployed
+
+    def prepare(self) -> None:
+        """Collect the static files, then create the database. With DEBUG off, static URLs
+        come from the manifest `collectstatic` writes, and loading the URLs needs them."""
+        self.manage("collectstatic", "--noinput", "-v0")
+        self.manage("migrate", "--noinput", "-v0")
+
+    def start_supervisor(self, *args: str) -> None:
+        self.spawn("supervisor", [sys.executable, "manage.py", "supervise", *args])
+        self.wait_for_supervisor()
+
+    def start_worker(self) -> None:
+        """A Celery worker on the data folder's filesystem broker (analyses, builds)."""
+        self.spawn(
+            "worker",
+            [
+                *(sys.executable, "-m", "celery", "-A", "catwalk", "worker"),
+                *("--pool", "solo", "--loglevel", "INFO"),
+                *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+            ],
+        )
+
+    def serve(self) -> None:
+        """The ASGI application (Django and the gateway) on `gateway_port`."""
         if self.server == "daphne":
             argv = [
                 sys.executable,
@@ -147,7 +175,6 @@ class Stack:
             ]
         self.spawn(f"gateway-{self.server}", argv)
         wait_for_port(self.gateway_port)
-        return deployed
 
     def wait_for_supervisor(self, timeout: float = 60) -> None:
         probe = "from deployments.supervisor import supervisor_is_running as r; print(r())"
@@ -157,6 +184,14 @@ class Stack:
                 return
             time.sleep(0.3)
         raise SystemExit("the supervisor did not start")
+
+    def logs(self, last: int = 0) -> str:
+        """What every process of the stack printed (its `last` lines), each under its name."""
+        return "\n".join(
+            f"----- {path.name} -----\n"
+            + "\n".join(path.read_text(errors="replace").splitlines()[-last:])
+            for path in sorted(self.data_dir.glob("*.log"))
+        )
 
     def stop(self) -> None:
         for process in reversed(self.processes):
