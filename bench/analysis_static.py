@@ -203,7 +203,6 @@ def render(measurement: Measurement, context: Mapping[str, Any]) -> str:
     typical_fetch = statistics.median(row.fetch_extract_ms for row in rows)
     slowest = max(rows, key=lambda row: max(row.static_max_ms, row.cold_ms))
     slowest_ms = max(slowest.static_max_ms, slowest.cold_ms)
-    machine, versions = context["machine"], context["versions"]
     lines += [
         "",
         f"- **Typical repository** (median over the {len(rows)} servers): static analysis "
@@ -217,9 +216,7 @@ def render(measurement: Measurement, context: Mapping[str, Any]) -> str:
         "`Checkout`; the OS page cache is warm in every run (the files were just extracted, as "
         "in a real analysis). Other processes used "
         f"{measurement.other_load_percent:.0f}% of the machine meanwhile.",
-        f"- Command: `{context['command']}` — {context['date']}",
-        f"- Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
-        f"Linux {machine['kernel']}; python {versions['python']}, catwalk {versions['catwalk']}",
+        *report.provenance(context),
     ]
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import analysis_static, peers, report, sandbox_start, source_build
+from bench import analysis_static, pages, peers, report, sandbox_start, source_build
 from bench.load import LoadResult, run_stdio_load, run_wrk
 from bench.proctree import (
     ServerProcess,
@@ -53,7 +53,7 @@ from bench.wire import HttpSession, StdioSession, open_http_session
 RESULTS_DIR = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
 # Parts of a run, each with its own section of the docs page; --only narrows a run to one.
-SECTIONS = ("relay", "sandbox", "analysis", "builds")
+SECTIONS = ("relay", "sandbox", "analysis", "builds", "pages")
 START_TIMEOUT_S = 60.0
 
 
@@ -357,6 +357,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"builds from source altogether (default {source_build.CACHED_REPEATS})",
     )
     parser.add_argument(
+        "--page-requests",
+        type=int,
+        default=int(env("BENCH_PAGE_REQUESTS", str(pages.REQUESTS))),
+        help="measured requests per web page, after the warm-up ones; 0 skips that part "
+        f"(env BENCH_PAGE_REQUESTS; default {pages.REQUESTS})",
+    )
+    parser.add_argument(
+        "--page-deployments",
+        type=int,
+        default=int(env("BENCH_PAGE_DEPLOYMENTS", str(pages.Scale.deployments))),
+        help="deployments of the busy user whose pages are timed "
+        f"(env BENCH_PAGE_DEPLOYMENTS; default {pages.Scale.deployments})",
+    )
+    parser.add_argument(
         "--only",
         choices=SECTIONS,
         default=env("BENCH_ONLY"),
@@ -383,6 +397,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--analysis-repeats must be 0 (skip) or more")
     if args.cached_builds < 0:
         parser.error("--cached-builds must be 0 (skip) or more")
+    if args.page_requests < 0 or args.page_deployments < 1:
+        parser.error("--page-requests must be 0 (skip) or more, --page-deployments 1 or more")
     if args.only is not None and args.only not in SECTIONS:  # from BENCH_ONLY, unchecked
         parser.error(f"unknown section {args.only!r}; choose from {list(SECTIONS)}")
     return args
@@ -450,12 +466,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  source builds: FAILED {type(exc).__name__}: {exc}")
                 builds_failed = True
 
+    timed_pages, pages_failed = None, False
+    if args.page_requests and "pages" in sections:
+        print("web pages: measuring (a throwaway database filled in bulk first)…", flush=True)
+        try:
+            scale = pages.Scale(deployments=args.page_deployments)
+            timed_pages = pages.measure(scale, requests=args.page_requests)
+        except Exception as exc:  # the other sections' numbers still get reported
+            print(f"  web pages: FAILED {type(exc).__name__}: {exc}")
+            pages_failed = True
+        else:
+            for page, failure in timed_pages.failures.items():
+                print(f"  web pages: FAILED {page}: {failure}")
+            pages_failed = bool(timed_pages.failures)
+
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     context = report.collect_context(settings, command=command, started=started)
     markdown = report.render(results, context) if "relay" in sections else None
     analysis_markdown = analysis_static.render(analysis, context) if analysis else None
     builds_markdown = source_build.render(built, context) if built else None
-    for section in (markdown, sandbox_markdown, analysis_markdown, builds_markdown):
+    pages_markdown = pages.render(timed_pages, context) if timed_pages else None
+    sections_markdown = (
+        markdown,
+        sandbox_markdown,
+        analysis_markdown,
+        builds_markdown,
+        pages_markdown,
+    )
+    for section in sections_markdown:
         if section:
             print()
             print(section)
@@ -468,13 +506,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "results": [report.result_json(r) for r in results],
                 "analysis": [row.as_dict() for row in analysis.rows] if analysis else None,
                 "builds": [row.as_dict() for row in built] if built else None,
+                "pages": timed_pages.as_dict() if timed_pages else None,
             },
             indent=2,
         )
     )
     print(f"raw results: {json_path}")
     all_valid = (
-        all(result.valid for result in results) and not analysis_failed and not builds_failed
+        all(result.valid for result in results)
+        and not analysis_failed
+        and not builds_failed
+        and not pages_failed
     )
     if not args.no_docs:
         if all_valid:
@@ -486,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 analysis_static.update_docs(args.docs, analysis_markdown)
             if builds_markdown:
                 source_build.update_docs(args.docs, builds_markdown)
+            if pages_markdown:
+                pages.update_docs(args.docs, pages_markdown)
             print(f"updated {args.docs}")
         else:
             print(f"not updating {args.docs}: the run has errors and is invalid")

@@ -197,6 +197,19 @@ def result_json(result: TargetResult) -> dict[str, Any]:
     return data
 
 
+def provenance(
+    context: dict[str, Any], versions: tuple[str, ...] = ("python", "catwalk")
+) -> list[str]:
+    """The command, date, machine and the named versions behind a table, as its notes' lines."""
+    machine, found = context["machine"], context["versions"]
+    listed = ", ".join(f"{name} {found[name]}" for name in versions)
+    return [
+        f"- Command: `{context['command']}` — {context['date']}",
+        f"- Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
+        f"Linux {machine['kernel']}; {listed}",
+    ]
+
+
 def update_docs(path: Path, markdown: str) -> None:
     """Replace what lies between the relay result markers of ``path`` with ``markdown``."""
     replace_section(path, BEGIN_MARKER, END_MARKER, markdown, trailing_newline=False)

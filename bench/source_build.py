@@ -131,14 +131,7 @@ def render(rows: list[Row], context: Mapping[str, Any]) -> str:
             f"| {row.repository} | {row.manager} | {row.cold_s:.1f} | {row.cold_cpu_s:.1f} "
             f"| {row.cached_ms:.1f} | {row.size_mib:.1f} |"
         )
-    machine, versions = context["machine"], context["versions"]
-    lines += [
-        "",
-        f"- Command: `{context['command']}` — {context['date']}",
-        f"- Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
-        f"Linux {machine['kernel']}; python {versions['python']}, node {versions['node']}, "
-        f"catwalk {versions['catwalk']}",
-    ]
+    lines += ["", *report.provenance(context, ("python", "node", "catwalk"))]
     return "\n".join(lines)
 
 

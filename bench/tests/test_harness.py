@@ -39,6 +39,7 @@ def run_harness(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
             "--sandbox-starts=0",
             "--analysis-repeats=0",
             "--cached-builds=0",
+            "--page-requests=0",
             *args,
         ],
         cwd=REPO,
