@@ -1,4 +1,4 @@
-"""Browser tests: Debian's Chromium, driven by Playwright, against one whole Catwalk per session.
+"""Browser tests: Debian's Chromium, driven by Playwright, against one whole Catwalk for them all.
 
 Without Chromium they skip, except in CI (`CI` set), where they must run: `.ci/run` installs it.
 Every browser context is watched (`ConsoleWatch`): a console error, an uncaught exception or a
@@ -50,7 +50,10 @@ def chromium() -> str:
     return executable
 
 
-@pytest.fixture(scope="session")
+# Package-scoped, not session-scoped: Playwright's sync API keeps an event loop running on this
+# thread while it is open, and every later test that runs one of its own (asyncio.run, anyio)
+# would fail with "Cannot run the event loop while another loop is running".
+@pytest.fixture(scope="package")
 def browser(chromium: str) -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright, chromium)
@@ -58,7 +61,7 @@ def browser(chromium: str) -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def catwalk(chromium: str) -> Iterator[BrowserCatwalk]:
     catwalk = BrowserCatwalk()
     try:
