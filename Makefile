@@ -51,8 +51,13 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The models match their migrations, and every migration (the apps' own and django-oauth-toolkit's)
+# applies to a new SQLite database; CI's test run applies them to PostgreSQL.
 check-migrations: $(VENV)/.installed-dev
 	$(PY) manage.py makemigrations --check --dry-run
+	@folder=$$(mktemp -d) && trap 'rm -rf "$$folder"' EXIT && \
+	env -u DATABASE_URL -u REDIS_URL CATWALK_DATA_DIR="$$folder" \
+	$(PY) manage.py migrate --noinput --verbosity 0 && echo "Migrations apply on SQLite."
 
 # Relay benchmarks, written to docs/benchmarks.md. Peers install on first use into bench/.peers/
 # from the pinned manifests in bench/peers/. Needs node, npm and wrk (apt-get install wrk).

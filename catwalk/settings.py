@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 from django.utils.csp import CSP
@@ -64,6 +65,7 @@ INSTALLED_APPS = [
     "analysis",
     "deployments",
     "mcpgateway",
+    "oauth2_provider",
 ]
 
 MIDDLEWARE = [
@@ -237,7 +239,11 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = False
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-SILENCED_SYSTEM_CHECKS = ["security.W021"]  # HSTS preload is the operator's own decision
+SILENCED_SYSTEM_CHECKS = [
+    "security.W021",  # HSTS preload is the operator's own decision
+    # OAuth redirects may use http, for loopback addresses only (deployments/oauth.py).
+    "oauth2_provider.W008",
+]
 
 # --- Static files ---------------------------------------------------------------------------
 STATIC_URL = "static/"
@@ -394,6 +400,83 @@ GATEWAY_MAX_BODY_BYTES = config.read_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 10
 GATEWAY_WAKE_TIMEOUT_SECONDS = config.read_int("GATEWAY_WAKE_TIMEOUT_SECONDS", 60, minimum=1)
 # How long the playground on a deployment's page waits for a tool's answer.
 PLAYGROUND_CALL_TIMEOUT_SECONDS = config.read_int("PLAYGROUND_CALL_TIMEOUT_SECONDS", 30, minimum=1)
+
+# --- OAuth 2.1 authorization server for the MCP endpoints (deployments/oauth.py) -------------
+# django-oauth-toolkit speaks the protocol; every token it issues is bound to one deployment's
+# endpoint (RFC 8707) by a user who owns that deployment. Lifetimes: an access token is short
+# (a stolen one is useful for an hour); the refresh token rotates on every use, and a replayed
+# one revokes its whole family; an authorization code lives just long enough for the redirect.
+OAUTH_ACCESS_TOKEN_SECONDS = config.read_int("OAUTH_ACCESS_TOKEN_SECONDS", 3600, minimum=60)
+OAUTH_REFRESH_TOKEN_SECONDS = config.read_int(
+    "OAUTH_REFRESH_TOKEN_SECONDS", 30 * 24 * 3600, minimum=3600
+)
+OAUTH_AUTHORIZATION_CODE_SECONDS = config.read_int(
+    "OAUTH_AUTHORIZATION_CODE_SECONDS", 60, minimum=10
+)
+# Redirect URI schemes clients may register: https, and http for loopback addresses only (RFC
+# 8252 native apps such as CLI clients); add a private-use scheme (RFC 8252 §7.1, e.g. an
+# editor's own) only for a client you know.
+OAUTH_REDIRECT_URI_SCHEMES = [
+    scheme.lower() for scheme in config.read_list("OAUTH_REDIRECT_URI_SCHEMES", ["http", "https"])
+]
+for _scheme in OAUTH_REDIRECT_URI_SCHEMES:
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", _scheme) or _scheme in {
+        *("javascript", "data", "file", "vbscript", "blob")
+    }:
+        raise SettingError("OAUTH_REDIRECT_URI_SCHEMES", f"{_scheme!r} cannot be a redirect scheme")
+# MCP clients register themselves before anyone signs in, either way; turning one off leaves
+# clients that only know the other (or a client registered by an admin).
+OAUTH_DYNAMIC_CLIENT_REGISTRATION = config.read_bool("OAUTH_DYNAMIC_CLIENT_REGISTRATION", True)
+OAUTH_CLIENT_ID_METADATA_DOCUMENTS = config.read_bool("OAUTH_CLIENT_ID_METADATA_DOCUMENTS", True)
+# A Client ID Metadata Document is fetched from a URL the client names: only public addresses,
+# over https, unless this lets loopback ones through (tests and local development only).
+OAUTH_CIMD_ALLOW_LOOPBACK = config.read_bool("OAUTH_CIMD_ALLOW_LOOPBACK", default=False)
+if OAUTH_CIMD_ALLOW_LOOPBACK and not DEBUG:
+    raise SettingError("OAUTH_CIMD_ALLOW_LOOPBACK", "refused when DEBUG is off (an SSRF opening)")
+
+OAUTH2_PROVIDER = {
+    "OAUTH2_VALIDATOR_CLASS": "deployments.oauth.CatwalkOAuth2Validator",
+    "SCOPES": {"mcp": "Use this deployment's tools, resources and prompts as you"},
+    "DEFAULT_SCOPES": ["mcp"],
+    "OIDC_ISS_ENDPOINT": PUBLIC_URL,  # the issuer, in metadata and in every `iss` (RFC 9207)
+    "ACCESS_TOKEN_EXPIRE_SECONDS": OAUTH_ACCESS_TOKEN_SECONDS,
+    "REFRESH_TOKEN_EXPIRE_SECONDS": OAUTH_REFRESH_TOKEN_SECONDS,
+    "AUTHORIZATION_CODE_EXPIRE_SECONDS": OAUTH_AUTHORIZATION_CODE_SECONDS,
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_REUSE_PROTECTION": True,
+    "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,  # must be 0 with hashed token storage
+    # Consent every time: DOT's "auto" would reuse a consent given for another deployment.
+    "REQUEST_APPROVAL_PROMPT": "force",
+    "PKCE_REQUIRED": True,
+    "ALLOWED_REDIRECT_URI_SCHEMES": OAUTH_REDIRECT_URI_SCHEMES,
+    "ALLOW_URI_WILDCARDS": False,
+    "ALLOW_LOCALHOST_LOOPBACK": False,  # "localhost" redirects match exactly, port included
+    "OAUTH2_RESPONSE_TYPES_SUPPORTED": ["code"],
+    "OAUTH2_GRANT_TYPES_SUPPORTED": ["authorization_code", "refresh_token"],
+    "OAUTH2_TOKEN_ENDPOINT_AUTH_METHODS_SUPPORTED": [
+        "none",
+        "client_secret_basic",
+        "client_secret_post",
+    ],
+    # RFC 9700 (OAuth 2.0 Security BCP), enforced: no implicit or password grant, PKCE S256
+    # only, no token in a query string, `iss` in authorization responses, tokens stored hashed.
+    "COMPLIANT_BCP_RFC9700_IMPLICIT_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PASSWORD_GRANT": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,
+    "COMPLIANT_BCP_RFC9700_ACCESS_TOKEN_TRANSPORT": True,
+    "COMPLIANT_BCP_RFC9700_AUTHZ_RESPONSE_ISS": True,
+    "COMPLIANT_BCP_RFC9700_TOKEN_STORAGE": True,
+    "COMPLIANT_BCP_RFC9700_REFRESH_TOKEN": True,
+    "COMPLIANT_BCP_RFC9700_REDIRECT_URI_MATCHING": True,
+    "COMPLIANT_BCP_RFC9700_PKCE_REQUIRED": True,
+    # Anonymous registration is how MCP clients arrive (they know nothing of this server but its
+    # URL). It grants nothing: a token still takes a signed-in owner's consent on the consent
+    # page, PKCE and an exact registered redirect URI.
+    "DCR_ENABLED": OAUTH_DYNAMIC_CLIENT_REGISTRATION,
+    "DCR_REGISTRATION_PERMISSION_CLASSES": ("oauth2_provider.dcr.AllowAllDCRPermission",),
+    "CIMD_ENABLED": OAUTH_CLIENT_ID_METADATA_DOCUMENTS,
+    "CIMD_METADATA_FETCHER": "deployments.oauth.CatwalkMetadataFetcher",
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],

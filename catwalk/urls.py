@@ -1,10 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path, reverse_lazy
+from django.urls import include, path, reverse_lazy
 
 from analysis import views as analysis_views
 from catwalk import views
-from deployments import playground_views
+from deployments import doctor_views, oauth_views, playground_views
 from deployments import views as deployment_views
 
 FORM = "accounts/form.html"
@@ -109,6 +109,12 @@ deployment_patterns = [
     _deployment_path(
         "playground/<path:tool_name>/call/", playground_views.playground_call, "playground-call"
     ),
+    _deployment_path("doctor/", doctor_views.check_connectors, "doctor"),
+    _deployment_path(
+        "approvals/<int:application_id>/revoke/",
+        oauth_views.revoke_approval_view,
+        "approval-revoke",
+    ),
 ]
 
 urlpatterns = [
@@ -146,4 +152,6 @@ urlpatterns = [
     path("favicon.ico", views.favicon),
     path("admin/", admin.site.urls),
     *account_patterns,
+    # The OAuth authorization server: /.well-known/... metadata and /oauth/... endpoints.
+    path("", include((oauth_views.oauth_patterns, "oauth2_provider"))),
 ]

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+from oauth2_provider.settings import oauth2_settings
 
 from deployments import crypto
 
@@ -426,6 +427,14 @@ class ToolCall(models.Model):
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="tool_calls")
     token = models.ForeignKey(
         AccessToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="tool_calls"
+    )
+    # Calls made with an OAuth token name its client: the token rotates on every refresh.
+    oauth_client = models.ForeignKey(
+        oauth2_settings.APPLICATION_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="tool_calls",
     )
     session_id = models.CharField(max_length=128, blank=True)
     method = models.CharField(max_length=100)

@@ -205,7 +205,7 @@ def _logs_context(deployment: Deployment) -> dict:
 
 
 def _calls_context(deployment: Deployment) -> dict:
-    calls = list(deployment.tool_calls.select_related("token")[:CALLS_LISTED])
+    calls = list(deployment.tool_calls.select_related("token", "oauth_client")[:CALLS_LISTED])
     return {
         "calls": calls,
         "latency": latency_chart(calls),

@@ -5,6 +5,11 @@ deployment), and what state is that deployment in. Both answers are cached for a
 ACCESS_CACHE_SECONDS, so a token revoked in the database stops working on every gateway
 instance within that time without any cross-instance invalidation, while the hot path makes
 no query once a token and deployment are known.
+
+A bearer token is either a Catwalk static token (`cwk_…`, bound to one deployment) or an OAuth
+access token issued by django-oauth-toolkit, found the way the toolkit finds it: by the
+SHA-256 checksum of the token. Which deployments an OAuth token may call (its RFC 8707
+resources, its user, its scopes) is decided by the gateway against the deployment it names.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ClassVar
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from django.utils import timezone
+from oauth2_provider.models import get_access_token_model
 
-from deployments.models import AccessToken, Deployment, hash_token
+from deployments.models import TOKEN_PREFIX, AccessToken, Deployment, hash_token
 from deployments.runtimes.base import Endpoint, get_runtime
 
 ACCESS_CACHE_SECONDS = 4.0
@@ -27,13 +34,14 @@ NEGATIVE_CACHE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
-class Principal:
-    """An authenticated caller: for now a static access token of one deployment."""
+class TokenPrincipal:
+    """A caller with a static access token of one deployment."""
 
     token_id: int
     deployment_id: str
     expires_at: datetime | None
     token_hash: str
+    oauth_client_id: ClassVar[None] = None
 
     @property
     def key(self) -> str:
@@ -41,6 +49,30 @@ class Principal:
 
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+@dataclass(frozen=True)
+class OAuthPrincipal:
+    """A caller with an OAuth access token that `user_id` granted to an OAuth client."""
+
+    user_id: int | None
+    oauth_client_id: int | None
+    resources: frozenset[str]
+    scopes: frozenset[str]
+    expires_at: datetime
+    token_hash: str
+    token_id: ClassVar[None] = None
+
+    @property
+    def key(self) -> str:
+        # A refresh rotates the access token; the client keeps its MCP sessions across it.
+        return f"oauth:{self.user_id}:{self.oauth_client_id}"
+
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()
+
+
+Principal = TokenPrincipal | OAuthPrincipal
 
 
 @dataclass(frozen=True)
@@ -100,18 +132,23 @@ _deployments = _TtlCache()
 
 
 async def authenticate(token: str) -> Principal | None:
-    return await _principal(hash_token(token))
+    # hash_token is also how django-oauth-toolkit derives `token_checksum` (SHA-256, hex).
+    if token.startswith(TOKEN_PREFIX):
+        return await _principal(hash_token(token), _load_principal)
+    return await _principal(hash_token(token), _load_oauth_principal)
 
 
 async def recheck(principal: Principal) -> Principal | None:
     """The caller as the (at most ACCESS_CACHE_SECONDS old) database sees it now."""
-    return await _principal(principal.token_hash)
+    if isinstance(principal, OAuthPrincipal):
+        return await _principal(principal.token_hash, _load_oauth_principal)
+    return await _principal(principal.token_hash, _load_principal)
 
 
-async def _principal(token_hash: str) -> Principal | None:
+async def _principal(token_hash: str, load) -> Principal | None:
     found, principal = _tokens.get(token_hash)
     if not found:
-        principal = await _single_flight(_tokens, token_hash, _load_principal)
+        principal = await _single_flight(_tokens, token_hash, load)
     if principal is None or principal.is_expired():
         return None
     return principal
@@ -148,7 +185,7 @@ async def _single_flight(cache: _TtlCache, key: str, load) -> object:
     return value
 
 
-def _load_principal(token_hash: str) -> Principal | None:
+def _load_principal(token_hash: str) -> TokenPrincipal | None:
     row = (
         AccessToken.objects.active()
         .filter(token_hash=token_hash)
@@ -157,8 +194,28 @@ def _load_principal(token_hash: str) -> Principal | None:
     )
     if row is None:
         return None
-    return Principal(
+    return TokenPrincipal(
         token_id=row[0], deployment_id=str(row[1]), expires_at=row[2], token_hash=token_hash
+    )
+
+
+def _load_oauth_principal(checksum: str) -> OAuthPrincipal | None:
+    row = (
+        get_access_token_model()
+        .objects.filter(token_checksum=checksum, expires__gt=timezone.now())
+        .values_list("user_id", "application_id", "resource", "scope", "expires")
+        .first()
+    )
+    if row is None:
+        return None
+    user_id, client_id, resources, scope, expires = row
+    return OAuthPrincipal(
+        user_id=user_id,
+        oauth_client_id=client_id,
+        resources=frozenset(resources),  # the toolkit stores a list of URI strings
+        scopes=frozenset(scope.split()),
+        expires_at=expires,
+        token_hash=checksum,
     )
 
 

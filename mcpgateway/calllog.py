@@ -4,7 +4,8 @@ The gateway appends one small record per JSON-RPC request to an in-process buffe
 task writes the buffer with one multi-row insert about once a second, and moves the tokens'
 `last_used_at` and the deployments' `last_active_at` forward in the same pass (every relayed
 request counts as activity, streams and notifications included). Records hold the method and
-the tool, resource or prompt name, never arguments or results.
+the tool, resource or prompt name, never arguments or results; a call made with an OAuth token
+names its OAuth client (the token itself rotates on every refresh).
 
 Bodies and answers can be megabytes, and everything here runs on the gateway's event loop, so
 only small payloads are parsed; a large one is read for its id, method, name and error code by
@@ -23,6 +24,7 @@ from datetime import datetime
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from oauth2_provider.models import get_application_model
 
 from deployments.models import AccessToken, CallOutcome, Deployment, ToolCall
 from mcpgateway.access import database_work
@@ -58,6 +60,7 @@ class CallRecord:
     duration_ms: float = 0.0
     outcome: str = CallOutcome.OK
     error_code: int | None = None
+    oauth_client_id: int | None = None
 
 
 def _loads(payload: bytes) -> object | None:
@@ -254,13 +257,14 @@ def _write(batch: list[CallRecord], active: dict[str, datetime], used: dict[int,
 
 _COLUMNS = (
     "deployment_id", "token_id", "session_id", "method", "target",
-    "started_at", "duration_ms", "outcome", "error_code",
+    "started_at", "duration_ms", "outcome", "error_code", "oauth_client_id",
 )  # fmt: skip
 
 
 def _insert(batch: list[CallRecord]) -> None:
     """One multi-row insert (model instances would cost more than the relay itself at
-    thousands of calls a second). Rows of deleted deployments are left out; if the batch still
+    thousands of calls a second). Rows of deleted deployments are left out, and OAuth clients
+    deleted since the call are forgotten (as their foreign key would do); if the batch still
     fails (a deployment deleted in the meantime), row by row, so a bad row loses only itself."""
     if not batch:
         return
@@ -277,6 +281,16 @@ def _insert(batch: list[CallRecord]) -> None:
             "pk", flat=True
         )
     }
+    wanted_clients = {r.oauth_client_id for r in batch if r.oauth_client_id is not None}
+    clients = (
+        set(
+            get_application_model()
+            .objects.filter(pk__in=wanted_clients)
+            .values_list("pk", flat=True)
+        )
+        if wanted_clients
+        else set()
+    )
     rows = [
         (
             pk.get_db_prep_value(r.deployment_id, connection),
@@ -288,6 +302,7 @@ def _insert(batch: list[CallRecord]) -> None:
             r.duration_ms,
             r.outcome,
             _error_code(r.error_code),
+            r.oauth_client_id if r.oauth_client_id in clients else None,
         )
         for r in batch
         if r.deployment_id in existing

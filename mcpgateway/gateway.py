@@ -6,6 +6,11 @@ bridge through its runtime, wakes it if it sleeps, relays the request over a poo
 and streams the answer back as it arrives. Sessions belong to the principal that created them:
 the bridge enforces that from the `X-Catwalk-Principal` header set here. One tool-call record
 per JSON-RPC request is queued and written in the background.
+
+As an OAuth 2.1 resource server (MCP authorization spec): every 401 points the client at the
+deployment's protected-resource metadata (RFC 9728 §5.1), an OAuth token not issued for this
+very endpoint (RFC 8707 audience) or by a user who no longer owns it is a 401 `invalid_token`,
+and one without the `mcp` scope a 403 `insufficient_scope` (RFC 6750 §3.1).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ CORS_EXPOSE_HEADERS = b"mcp-session-id, mcp-protocol-version, www-authenticate"
 WATCH_DISCONNECT_AFTER = 0.5
 WAKE_POLL_SECONDS = 0.1
 RESTART_GRACE_SECONDS = 3.0
+MCP_SCOPE = "mcp"
 # An open stream re-checks its caller's token this often, so revocation also ends streams.
 STREAM_RECHECK_SECONDS = access.ACCESS_CACHE_SECONDS
 
@@ -81,6 +87,7 @@ class Gateway:
         self.limits = Limits()
         self.max_body = settings.GATEWAY_MAX_BODY_BYTES
         self.wake_timeout = settings.GATEWAY_WAKE_TIMEOUT_SECONDS
+        self.public_url = settings.PUBLIC_URL
         self.public_origin = _origin_of(settings.PUBLIC_URL)
         self._hosts: dict[bytes, bool] = {}
 
@@ -113,6 +120,7 @@ class Gateway:
         if not self._host_allowed(headers.get(b"host", b"")):
             raise Refusal(400, "Invalid Host header.")
         deployment_id, suffix = match.group(1).lower(), match.group(2) or ""
+        request.deployment_id = deployment_id
         method = scope["method"]
 
         origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/")
@@ -127,14 +135,8 @@ class Gateway:
             await _send_preflight(request.send, origin)
             return
 
-        principal = await self._authenticate(headers)
-        if principal.deployment_id != deployment_id:
-            raise Refusal(404, "No such deployment.")
-        info = info or await access.deployment_info(deployment_id)
-        if info is None:
-            raise Refusal(404, "No such deployment.")
-        if info.desired_state == DesiredState.STOPPED:
-            raise Refusal(503, "This deployment was stopped by its owner.")
+        principal = await self._authenticate(headers, deployment_id)
+        info = await self._authorize(principal, deployment_id, info)
 
         body = b""
         if method == "POST":
@@ -148,13 +150,13 @@ class Gateway:
 
         session_id = headers.get(b"mcp-session-id", b"").decode("latin-1")
         session = f"{deployment_id}:{session_id}" if session_id else None
-        calls = self._start_records(body, info.id, principal.token_id, headers)
+        calls = self._start_records(body, info.id, principal, headers)
         # An initialize opens a session whatever headers come with it.
         opening = any(call.method == "initialize" for call in calls)
         reservation = f"{deployment_id}:reserved-{uuid.uuid4().hex}" if opening else None
         if self.limits.active:
             over = await self.limits.admit(
-                principal.token_id, info.owner_id, session, opening, reservation
+                principal.key, info.owner_id, session, opening, reservation
             )
             if over is not None:
                 raise Refusal(
@@ -218,19 +220,66 @@ class Gateway:
         host = headers.get(b"host", b"").decode("latin-1")
         return origin == f"{scope.get('scheme', 'http')}://{host}"
 
-    async def _authenticate(self, headers: dict[bytes, bytes]) -> access.Principal:
+    async def _authenticate(
+        self, headers: dict[bytes, bytes], deployment_id: str
+    ) -> access.Principal:
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Refusal(401, "Missing bearer token.", headers=_challenge(""))
+            # The same answer whether the deployment exists or not: nothing is looked up yet.
+            raise Refusal(401, "Missing bearer token.", headers=self._challenge(deployment_id))
         principal = await access.authenticate(token.strip())
         if principal is None:
-            raise Refusal(
-                401,
-                "The bearer token is invalid, expired or revoked.",
-                headers=_challenge('error="invalid_token"'),
+            raise self._invalid_token(
+                deployment_id, "The bearer token is invalid, expired or revoked."
             )
         return principal
+
+    async def _authorize(
+        self,
+        principal: access.Principal,
+        deployment_id: str,
+        info: access.DeploymentInfo | None,
+    ) -> access.DeploymentInfo:
+        """The deployment, if this principal may call it now; otherwise the refusal."""
+        if isinstance(principal, access.OAuthPrincipal):
+            # Checked before any lookup, so a token tried on other ids costs no query.
+            if f"{self.public_url}/mcp/{deployment_id}" not in principal.resources:
+                raise self._invalid_token(
+                    deployment_id, "This access token was not issued for this endpoint."
+                )
+            info = info or await access.deployment_info(deployment_id)
+            if info is None or info.owner_id != principal.user_id:
+                raise self._invalid_token(
+                    deployment_id, "This access token's user no longer owns this deployment."
+                )
+            if MCP_SCOPE not in principal.scopes:
+                raise Refusal(
+                    403,
+                    f"This access token lacks the {MCP_SCOPE} scope.",
+                    headers=self._challenge(
+                        deployment_id, f'error="insufficient_scope", scope="{MCP_SCOPE}"'
+                    ),
+                )
+        elif principal.deployment_id != deployment_id:
+            raise Refusal(404, "No such deployment.")
+        info = info or await access.deployment_info(deployment_id)
+        if info is None:
+            raise Refusal(404, "No such deployment.")
+        if info.desired_state == DesiredState.STOPPED:
+            raise Refusal(503, "This deployment was stopped by its owner.")
+        return info
+
+    def _challenge(self, deployment_id: str, error: str = "") -> list[tuple[bytes, bytes]]:
+        """A Bearer challenge that points at the deployment's protected-resource metadata."""
+        metadata = f"{self.public_url}/.well-known/oauth-protected-resource/mcp/{deployment_id}"
+        value = f'Bearer resource_metadata="{metadata}"' + (f", {error}" if error else "")
+        return [(b"www-authenticate", value.encode())]
+
+    def _invalid_token(self, deployment_id: str, message: str) -> Refusal:
+        return Refusal(
+            401, message, headers=self._challenge(deployment_id, 'error="invalid_token"')
+        )
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         declared = headers.get(b"content-length")
@@ -386,7 +435,7 @@ class Gateway:
             while not (disconnected := watcher.done()):
                 if time.monotonic() >= recheck_at:
                     recheck_at = time.monotonic() + STREAM_RECHECK_SECONDS
-                    if not await self._still_allowed(principal):
+                    if not await self._still_allowed(principal, request.deployment_id):
                         broken = True  # token revoked or expired, or the deployment stopped
                         await request.send({"type": "http.response.body", "body": b""})
                         break
@@ -419,12 +468,15 @@ class Gateway:
                     calls, started, response.status, answers, disconnected, broken=broken
                 )
 
-    async def _still_allowed(self, principal: access.Principal) -> bool:
+    async def _still_allowed(self, principal: access.Principal, deployment_id: str) -> bool:
         current = await access.recheck(principal)
-        if current is None or current.is_expired():
+        if current is None:
             return False
-        info = await access.deployment_info(principal.deployment_id)
-        return info is not None and info.desired_state != DesiredState.STOPPED
+        try:
+            await self._authorize(current, deployment_id, None)
+        except Refusal:
+            return False
+        return True
 
     async def _track_session(self, response, info, method, session, reservation) -> None:
         """Keep the per-user session count: an initialize's slot becomes its session (or is
@@ -441,14 +493,24 @@ class Gateway:
             await self.limits.closed(info.owner_id, session)
 
     # --- call log ---------------------------------------------------------------------------
-    def _start_records(self, body, deployment_id, token_id, headers) -> list[CallRecord]:
+    def _start_records(self, body, deployment_id, principal, headers) -> list[CallRecord]:
         found = requests_in(body)
         if not found:
             return []
         now = timezone.now()
         session = headers.get(b"mcp-session-id", b"").decode("latin-1")
+        token_id, client_id = principal.token_id, principal.oauth_client_id
         return [
-            CallRecord(deployment_id, token_id, session, method, target, request_id, now)
+            CallRecord(
+                deployment_id,
+                token_id,
+                session,
+                method,
+                target,
+                request_id,
+                now,
+                oauth_client_id=client_id,
+            )
             for request_id, method, target in found
         ]
 
@@ -478,14 +540,16 @@ class Gateway:
 
 
 class _Request:
-    """What the gateway tracks of one request: has the answer started, may it carry CORS."""
+    """What the gateway tracks of one request: has the answer started, may it carry CORS, which
+    deployment it is for."""
 
-    __slots__ = ("_send", "cors_origin", "headers", "scope", "send", "started")
+    __slots__ = ("_send", "cors_origin", "deployment_id", "headers", "scope", "send", "started")
 
     def __init__(self, scope: Scope, headers: dict[bytes, bytes], send: Send) -> None:
         self.scope, self.headers, self._send = scope, headers, send
         self.started = False
         self.cors_origin = ""
+        self.deployment_id = ""
         self.send = self._tracked_send
 
     async def _tracked_send(self, message) -> None:
@@ -502,11 +566,6 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 def _origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def _challenge(extra: str) -> list[tuple[bytes, bytes]]:
-    value = 'Bearer realm="catwalk"' + (f", {extra}" if extra else "")
-    return [(b"www-authenticate", value.encode())]
 
 
 def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:

@@ -1,6 +1,7 @@
 """The gateway's tenancy limits: requests per minute per access token, open sessions per user.
 
-Requests are counted in fixed one-minute windows per token (RATE_LIMIT_REQUESTS_PER_MINUTE).
+Requests are counted in fixed one-minute windows per token (RATE_LIMIT_REQUESTS_PER_MINUTE); an
+OAuth client counts per user and client, so a refreshed token does not start a new window.
 Sessions are the MCP sessions a user's clients hold across all of their deployments
 (QUOTA_SESSIONS_PER_USER): one counts from the answer that gave it an `Mcp-Session-Id` until it
 is deleted, the bridge forgets it (404), or it goes unused for the session idle timeout. Over a
@@ -66,7 +67,7 @@ class Limits:
 
     async def admit(
         self,
-        token_id: int,
+        caller: int | str,
         owner_id: int,
         session: str | None,
         opening: bool,
@@ -74,8 +75,9 @@ class Limits:
     ) -> OverLimit | None:
         """Count this request; None when it may pass.
 
-        `session` is "<deployment>:<session id>" of a request within a session (which keeps
-        that session alive); `opening` marks an initialize, which takes a session slot at once,
+        `caller` names whose requests are counted together (the principal's key). `session`
+        is "<deployment>:<session id>" of a request within a session (which keeps that
+        session alive); `opening` marks an initialize, which takes a session slot at once,
         held under `reservation` until `opened` (the answer issued a session id) or `closed`
         (it did not), so concurrent initializes cannot all slip under the quota.
         """
@@ -85,7 +87,7 @@ class Limits:
         window = int(now // WINDOW_SECONDS)
         try:
             count, open_sessions, oldest_expiry = await self._store.admit(
-                token=f"{token_id}:{window}" if self.per_minute else None,
+                token=f"{caller}:{window}" if self.per_minute else None,
                 owner=owner_id if self.sessions_per_user else None,
                 session=session,
                 opening=opening,

@@ -65,6 +65,8 @@ def test_development_keys_are_generated_once_and_kept(tmp_path):
         ({"CATWALK_ENCRYPTION_KEYS": "not-a-fernet-key"}, "CATWALK_ENCRYPTION_KEYS"),
         ({"TOOL_CALL_RETENTION_DAYS": "soon"}, "TOOL_CALL_RETENTION_DAYS"),
         ({"SECRET_KEY_FILE": "/nonexistent/secret"}, "SECRET_KEY_FILE"),
+        ({"OAUTH_ACCESS_TOKEN_SECONDS": "5"}, "OAUTH_ACCESS_TOKEN_SECONDS"),
+        ({"OAUTH_REDIRECT_URI_SCHEMES": "https,javascript"}, "OAUTH_REDIRECT_URI_SCHEMES"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, variables, named):
@@ -90,6 +92,11 @@ def test_production_refuses_a_weak_secret_key(tmp_path):
 def test_production_refuses_a_wildcard_host(tmp_path):
     result = run_check(tmp_path, **{**GOOD_PRODUCTION, "ALLOWED_HOSTS": "*"})
     assert "ALLOWED_HOSTS:" in result.stderr
+
+
+def test_production_refuses_fetching_oauth_client_metadata_from_loopback(tmp_path):
+    result = run_check(tmp_path, **{**GOOD_PRODUCTION, "OAUTH_CIMD_ALLOW_LOOPBACK": "true"})
+    assert "OAUTH_CIMD_ALLOW_LOOPBACK:" in result.stderr
 
 
 def test_production_configuration_passes_the_deploy_checks(tmp_path):

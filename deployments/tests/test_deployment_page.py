@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from oauth2_provider.models import get_application_model
 
 from catwalk.testing import make_credential, make_deployment, make_token
 from deployments.models import (
@@ -74,7 +75,7 @@ def test_the_page_offers_copy_buttons_for_the_endpoint_and_every_snippet(owner_c
     html = owner_client.get(page(deployment)).content.decode()
     assert f'<code id="endpoint-url" class="endpoint">{deployment.endpoint_url}</code>' in html
     assert 'data-copy="endpoint-url"' in html
-    assert html.count('data-copy="snippet-') == 4
+    assert html.count('data-copy="snippet-') == 6  # two OAuth connectors, four with a token
 
 
 def test_a_running_deployment_polls_its_status_now_and_then(owner_client, deployment):
@@ -126,6 +127,16 @@ def test_the_calls_partial_draws_one_bar_per_call_and_marks_failures(owner_clien
     assert html.count('<rect class="bar failed"') == 1
     assert "Last 4 calls: median 25.0 ms" in html
     assert "1 failed." in html
+
+
+def test_the_calls_partial_names_the_oauth_client_a_call_came_through(owner_client, deployment):
+    client = get_application_model().objects.create(
+        name="Claude <Desktop>", client_type="public", authorization_grant_type="authorization-code"
+    )
+    record_calls(deployment, [5.0])
+    ToolCall.objects.filter(deployment=deployment).update(oauth_client=client)
+    html = owner_client.get(page(deployment, "calls/")).content.decode()
+    assert "via Claude &lt;Desktop&gt;" in html
 
 
 def test_the_logs_partial_shows_the_servers_stderr(owner_client, deployment):
