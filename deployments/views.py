@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, OuterRef, Subquery
@@ -410,17 +413,29 @@ def _back_to(deployment: Deployment, anchor: str = "") -> HttpResponse:
     return response
 
 
+def _act(
+    request: HttpRequest,
+    deployment: Deployment,
+    action: Callable[[], object],
+    done: str,
+    anchor: str = "",
+) -> HttpResponse:
+    """Run one action on the deployment; say it is done, or why it was refused, on its page."""
+    try:
+        action()
+    except DeploymentError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, done)
+    return _back_to(deployment, anchor)
+
+
 @login_required
 @require_POST
 def start_deployment_view(request: HttpRequest, deployment_id) -> HttpResponse:
     deployment = _get_deployment_for_user(request, deployment_id)
-    try:
-        start_deployment(deployment, actor=request.user)
-    except DeploymentError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Starting {deployment.name}.")
-    return _back_to(deployment)
+    start = partial(start_deployment, deployment, actor=request.user)
+    return _act(request, deployment, start, f"Starting {deployment.name}.")
 
 
 @login_required
@@ -438,13 +453,8 @@ def stop_deployment_view(request: HttpRequest, deployment_id) -> HttpResponse:
 @require_POST
 def restart_deployment_view(request: HttpRequest, deployment_id) -> HttpResponse:
     deployment = _get_deployment_for_user(request, deployment_id)
-    try:
-        restart_deployment(deployment, actor=request.user)
-    except DeploymentError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Restarting {deployment.name}.")
-    return _back_to(deployment)
+    restart = partial(restart_deployment, deployment, actor=request.user)
+    return _act(request, deployment, restart, f"Restarting {deployment.name}.")
 
 
 @login_required
@@ -521,10 +531,5 @@ def set_credential_view(request: HttpRequest, deployment_id) -> HttpResponse:
 @require_POST
 def remove_credential_view(request: HttpRequest, deployment_id, name: str) -> HttpResponse:
     deployment = _get_deployment_for_user(request, deployment_id)
-    try:
-        remove_credential(deployment, name, actor=request.user)
-    except DeploymentError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"{name} is removed.")
-    return _back_to(deployment, "#credentials")
+    remove = partial(remove_credential, deployment, name, actor=request.user)
+    return _act(request, deployment, remove, f"{name} is removed.", "#credentials")

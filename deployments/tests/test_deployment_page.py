@@ -316,3 +316,13 @@ def test_the_dashboard_rows_refresh_themselves(owner_client, deployment):
     fragment = owner_client.get("/", headers={"HX-Request": "true"}).content.decode()
     assert fragment.lstrip().startswith('<tbody id="deployment-rows"')
     assert "weather" in fragment
+
+
+def test_restarting_a_stopped_deployment_says_to_start_it_instead(owner_client, owner):
+    stopped = make_deployment(
+        owner, "idle", status=Status.STOPPED, desired_state=DesiredState.STOPPED
+    )
+    response = owner_client.post(page(stopped, "restart/"), follow=True)
+    assert b"idle is stopped; start it instead" in response.content
+    stopped.refresh_from_db()
+    assert stopped.restart_requested_at is None
