@@ -299,6 +299,9 @@ def _row_counts() -> dict[str, int]:
 # --- Pages: every GET route of the deployments and analysis apps ------------------------------
 
 
+OAUTH_NAMESPACE = "oauth2_provider:"
+
+
 def discover() -> list[tuple[str, str, tuple[str, ...]]]:
     """(reversible name, pattern, parameter names) of every route that may be a page."""
     from django.urls import URLPattern, URLResolver, get_resolver
@@ -337,6 +340,8 @@ def _pages_for(subject: Subject) -> tuple[list[Page], dict[str, str]]:
         missing = [p for p in parameters if p not in values]
         if not name:
             skipped[route] = "has no name to reverse"
+        elif name.startswith(OAUTH_NAMESPACE):
+            skipped[route] = "an OAuth protocol endpoint: answers a registered client's request"
         elif missing:
             skipped[route] = f"needs {', '.join(missing)}"
         else:
