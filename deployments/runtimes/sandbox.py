@@ -1,42 +1,33 @@
 """The local runtime's side of the sandbox: is it available, and what a deployment gets in it.
 
 The launcher itself is `mcpgateway/sandbox.py` (standard library only, no project imports);
-this module checks the host can run it and writes the profile it reads. See docs/security.md.
+this module checks the host can run it and fills in its profile from the settings, through
+`mcpgateway/sandbox_profile.py`, which the Fly runner shares. See docs/security.md.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import os
-import re
-import shlex
-import shutil
-import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 from django.conf import settings
 
-# Program -> the Debian package that provides it, for the message when one is missing.
-REQUIRED_TOOLS = {
-    "bwrap": "bubblewrap",
-    "slirp4netns": "slirp4netns",
-    "setpriv": "util-linux",
-    "nft": "nftables",
-    "mount": "mount",
-}
-# The launcher runs by path (it imports nothing, and deployments never import mcpgateway).
-LAUNCHER = Path(settings.BASE_DIR) / "mcpgateway" / "sandbox.py"
+# The profile's standard-library half: a leaf module that imports nothing of the project. The
+# local runtime, source builds and introspection use LAUNCHER and ROOT_ENVIRONMENT from here.
+from mcpgateway import sandbox_profile
+from mcpgateway.sandbox_profile import LAUNCHER as LAUNCHER
+from mcpgateway.sandbox_profile import ROOT_ENVIRONMENT as ROOT_ENVIRONMENT
+from mcpgateway.sandbox_profile import (
+    host_networks,
+    write_environment,
+    write_profile,
+)
+from mcpgateway.sandbox_profile import launcher_command as wrap
+
 # The launcher's exit statuses (mcpgateway/sandbox.py): a server stopped because it blew a
 # limit, and a sandbox that could not be built. The bridge restarts neither.
 LIMIT_EXIT_STATUS = 125
 SETUP_EXIT_STATUS = 126
-# All the environment root processes get (the bridge, the launcher and its helpers): a server's
-# own variables reach only the server (`write_environment`).
-ROOT_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 # How the launcher's line saying which limit was blown begins, in the server's stderr.
 LIMIT_MESSAGE_PREFIX = "catwalk-sandbox: stopped: "
 
@@ -57,31 +48,14 @@ class SandboxCheck:
 
 
 def find_tools() -> tuple[dict[str, str], list[str]]:
-    found, missing = {}, []
-    for program, package in REQUIRED_TOOLS.items():
-        path = shutil.which(program, path=settings.SANDBOX_TOOLS_PATH)
-        if path is None:
-            missing.append(f"{program} (Debian package {package})")
-        else:
-            found[program] = path
-    return found, missing
+    return sandbox_profile.find_tools(settings.SANDBOX_TOOLS_PATH)
 
 
 def check() -> SandboxCheck:
     """Whether deployments run sandboxed here; never raises."""
     if settings.UNSAFE_NO_SANDBOX:
         return SandboxCheck(enabled=False, problem="CATWALK_UNSAFE_NO_SANDBOX is set")
-    problems = []
-    if sys.platform != "linux":
-        problems.append(f"the sandbox needs Linux, this is {sys.platform}")
-    elif os.geteuid() != 0:
-        problems.append(
-            "the supervisor must run as root to give each server its own uid "
-            f"(it runs as uid {os.geteuid()})"
-        )
-    _, missing = find_tools()
-    if missing:
-        problems.append("missing " + ", ".join(missing))
+    problems = sandbox_profile.problems(settings.SANDBOX_TOOLS_PATH, "the supervisor")
     return SandboxCheck(enabled=not problems, problem="; ".join(problems))
 
 
@@ -95,29 +69,9 @@ def refusal(problem: str) -> str:
     )
 
 
-def host_networks() -> list[str]:
-    """The host's own IPv4 addresses and the networks it is attached to."""
-    networks: set[str] = set()
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family != socket.AF_INET or not address.address:
-                continue
-            networks.add(f"{address.address}/32")
-            if address.netmask:
-                interface = ipaddress.ip_interface(f"{address.address}/{address.netmask}")
-                networks.add(str(interface.network))
-    return sorted(networks)
-
-
 def readonly_paths() -> list[str]:
     """Host folders a server may read: the interpreters, node, and the operator's extras."""
-    paths = [sys.base_prefix, sys.prefix]
-    node = shutil.which("node")
-    if node:
-        paths.append(str(Path(node).resolve().parent.parent))
-    paths.extend(settings.SANDBOX_READONLY_PATHS)
-    # /usr is always there; anything below it needs no bind of its own.
-    return [p for p in dict.fromkeys(paths) if not (p + "/").startswith("/usr/")]
+    return sandbox_profile.readonly_paths(settings.SANDBOX_READONLY_PATHS)
 
 
 def profile(
@@ -139,69 +93,28 @@ def profile(
     tools, missing = find_tools()
     if missing:
         raise SandboxUnavailable("missing " + ", ".join(missing))
-    return {
-        "name": name,
-        "uid": uid,
-        "gid": uid,
-        "writable": {
-            "mount": str(area),
-            "size_bytes": settings.SANDBOX_DISK_MB << 20,
-            "binds": binds,
-        },
-        "readonly": [*readonly_paths(), *(extra_readonly or [])],
-        "hidden": [str(settings.DATA_DIR)],
-        "caches": [{"shared": shared, "target": target} for shared, target in caches.items()],
-        "shared_writable": [
-            {"source": source, "target": target}
-            for source, target in (shared_writable or {}).items()
-        ],
-        "limits": {
-            "memory_bytes": settings.SANDBOX_MEMORY_MB << 20,
-            "cpus": settings.SANDBOX_CPU_PERCENT / 100,
-            "pids": settings.SANDBOX_MAX_PROCESSES,
-            "uid_processes": settings.SANDBOX_MAX_PROCESSES * launches,
-            "open_files": settings.SANDBOX_MAX_OPEN_FILES,
-        },
-        "blocked": sorted({*host_networks(), *settings.SANDBOX_BLOCKED_NETWORKS}),
-        "cgroup_root": settings.SANDBOX_CGROUP_ROOT,
-        "tools": tools,
-        "environment_file": str(environment_file),
-    }
-
-
-def write_profile(path: Path, data: dict) -> None:
-    staging = path.with_name(path.name + ".tmp")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(staging, path)
-
-
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def write_environment(path: Path, environment: dict[str, str]) -> None:
-    """The server's environment for the launcher: `NAME='value'` lines (0600).
-
-    Read by a shell inside the sandbox, as the server's uid, just before the server starts; the
-    quoting makes every value literal.
-    """
-    lines = []
-    for name, value in environment.items():
-        if not ENV_NAME.match(name):
-            raise ValueError(f"{name!r} is not an environment variable name")
-        lines.append(f"{name}={shlex.quote(value)}\n")
-    staging = path.with_name(path.name + ".tmp")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("".join(lines))
-    os.replace(staging, path)
-
-
-def wrap(command: list[str], profile_path: Path) -> list[str]:
-    """The command the bridge runs: the launcher, then the server's own command."""
-    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile_path)]
-    return [*launcher, "--", *command]
+    return sandbox_profile.build_profile(
+        name=name,
+        uid=uid,
+        area=area,
+        binds=binds,
+        caches=caches,
+        shared_writable=shared_writable or {},
+        environment_file=environment_file,
+        tools=tools,
+        limits=sandbox_profile.Limits(
+            memory_bytes=settings.SANDBOX_MEMORY_MB << 20,
+            cpus=settings.SANDBOX_CPU_PERCENT / 100,
+            processes=settings.SANDBOX_MAX_PROCESSES,
+            open_files=settings.SANDBOX_MAX_OPEN_FILES,
+            disk_bytes=settings.SANDBOX_DISK_MB << 20,
+        ),
+        launches=launches,
+        readonly=[*readonly_paths(), *(extra_readonly or [])],
+        hidden=[str(settings.DATA_DIR)],
+        blocked=[*host_networks(), *settings.SANDBOX_BLOCKED_NETWORKS],
+        cgroup_root=settings.SANDBOX_CGROUP_ROOT,
+    )
 
 
 def prepare(

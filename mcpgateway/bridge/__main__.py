@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import stat
 import sys
@@ -108,8 +109,16 @@ def serve(config: BridgeConfig) -> None:
     server.run(sockets=[sock])
 
 
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
+    # A stop asked for with SIGTERM (the supervisor's, Fly's) ends with status 0, not "killed by
+    # SIGTERM": uvicorn puts this handler back after its graceful shutdown and re-raises the
+    # signal to it. Before uvicorn takes over, it stops the bridge at once, as the default would.
+    signal.signal(signal.SIGTERM, _stopped)
     serve(config)
 
 

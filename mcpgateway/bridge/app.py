@@ -154,7 +154,10 @@ class BridgeApp:
         }
         try:
             if path == "/healthz":
-                await send_json(send, 200, self.bridge.health())
+                # A crashed server fails the check (Fly's machine check reads the status);
+                # the body says why either way.
+                health = self.bridge.health()
+                await send_json(send, 503 if health["status"] == "crashed" else 200, health)
                 return
             if self._secret is not None:
                 offered = headers.get(b"x-catwalk-bridge-secret", "").encode("latin-1")

@@ -6,6 +6,9 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# `--stderr-log -`: the child's stderr goes to the bridge's own.
+STDERR = Path("-")
+
 
 @dataclass(frozen=True, slots=True)
 class Listen:
@@ -34,6 +37,8 @@ class BridgeConfig:
     request_timeout: float = 300.0
     max_body_bytes: int = 4 * 1024 * 1024
     stderr_log: Path | None = None
+    # The child's stderr lines also go to the bridge's own stderr (`--stderr-log -`).
+    stderr_echo: bool = False
     cwd: str | None = None
     # A shared child exiting with one of these is not restarted: the bridge reports "crashed".
     fatal_exit_statuses: frozenset[int] = frozenset()
@@ -84,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-body-bytes", type=_positive_int, default=4 * 1024 * 1024, metavar="N"
     )
-    parser.add_argument("--stderr-log", type=Path, default=None, metavar="PATH")
+    parser.add_argument(
+        "--stderr-log",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="keep the MCP server's stderr in PATH (rotated once); `-`: the bridge's own stderr",
+    )
     parser.add_argument("--cwd", default=None, metavar="DIR")
     parser.add_argument(
         "--fatal-exit-status",
@@ -117,7 +128,8 @@ def parse_args(argv: list[str], environ: dict[str, str]) -> BridgeConfig:
         session_idle_timeout=args.session_idle_timeout,
         request_timeout=args.request_timeout,
         max_body_bytes=args.max_body_bytes,
-        stderr_log=args.stderr_log,
+        stderr_log=None if args.stderr_log == STDERR else args.stderr_log,
+        stderr_echo=args.stderr_log == STDERR,
         cwd=args.cwd,
         fatal_exit_statuses=frozenset(args.fatal_exit_status),
         secret=environ.get("CATWALK_BRIDGE_SECRET") or None,

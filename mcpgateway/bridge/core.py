@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -57,7 +58,9 @@ class Bridge:
         self.config = config
         self.shared = config.mode == "shared"
         self.env = child_environment(os.environ if environ is None else environ)
-        self.stderr_log = StderrLog(config.stderr_log)
+        self.stderr_log = StderrLog(
+            config.stderr_log, echo=sys.stderr.buffer if config.stderr_echo else None
+        )
         self.sessions = SessionRegistry()
         self.status = "starting" if self.shared else "ok"
         self.restarts = 0

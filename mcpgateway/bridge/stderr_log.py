@@ -2,8 +2,9 @@
 
 Lines are kept in memory for `/logs` and `last_error`, and optionally appended to a
 file that is rotated once (`PATH` → `PATH.1`) so the pair never exceeds about
-`max_file_bytes`. Writes are synchronous: they are small appends to a local file,
-cheaper than handing them to a thread.
+`max_file_bytes`, and/or echoed to a stream (the bridge's own stderr inside a Fly
+Machine, whose output is the machine's log). Writes are synchronous: they are small
+appends to a local file or pipe, cheaper than handing them to a thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import collections
 import contextlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 MAX_LINE_CHARS = 8192
 
@@ -25,8 +27,10 @@ class StderrLog:
         *,
         max_file_bytes: int = 1024 * 1024,
         memory_lines: int = 1000,
+        echo: BinaryIO | None = None,
     ) -> None:
         self._path = path
+        self._echo = echo
         self._rotate_at = max(max_file_bytes // 2, 1)
         self._lines: collections.deque[str] = collections.deque(maxlen=memory_lines)
         self._file = None
@@ -44,9 +48,13 @@ class StderrLog:
         """Record one line."""
         line = line.rstrip("\r\n")[:MAX_LINE_CHARS]
         self._lines.append(line)
+        encoded = (line + "\n").encode("utf-8", "replace")
+        if self._echo is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._echo.write(encoded)
+                self._echo.flush()
         if self._file is None:
             return
-        encoded = (line + "\n").encode("utf-8", "replace")
         try:
             self._file.write(encoded)
             self._file.flush()

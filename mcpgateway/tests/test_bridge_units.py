@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 from pathlib import Path
 
@@ -114,6 +115,26 @@ def test_stderr_log_keeps_a_tail_and_rotates_the_file(tmp_path: Path):
     assert rotated.exists()
     assert path.stat().st_size + rotated.stat().st_size <= 4096 + 100
     assert path.read_text().splitlines()[-1].startswith("line 0199")
+
+
+def test_stderr_log_dash_means_the_bridges_own_stderr():
+    config = parse_args(["--listen", "tcp:127.0.0.1:0", "--stderr-log", "-", "--", "x"], {})
+    default = parse_args(["--listen", "tcp:127.0.0.1:0", "--", "x"], {})
+
+    assert (config.stderr_log, config.stderr_echo) == (None, True)
+    assert (default.stderr_log, default.stderr_echo) == (None, False)
+
+
+def test_stderr_log_echoes_each_line_as_it_comes(tmp_path: Path):
+    echo = io.BytesIO()
+    log = StderrLog(tmp_path / "child.log", echo=echo)
+
+    log.write("first line\n")
+    log.write("second line, café")
+
+    assert echo.getvalue() == "first line\nsecond line, café\n".encode()
+    assert log.tail(2) == ["first line", "second line, café"]
+    assert (tmp_path / "child.log").read_bytes() == echo.getvalue()
 
 
 def test_a_batch_whose_answers_all_arrive_before_the_reader_gets_them_all():

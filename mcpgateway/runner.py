@@ -1,0 +1,410 @@
+"""The Fly runner: what runs inside each Fly Machine of a deployment.
+
+    python -m mcpgateway.runner
+
+Reads the machine's environment, prepares the MCP server's folders and environment, and
+replaces itself with the bridge (`python -m mcpgateway.bridge`), which serves the server as
+Streamable HTTP; Fly's SIGTERM then reaches the bridge itself, which stops the server and exits
+with status 0. Standard library only, no Django: the runner image carries `mcpgateway/` alone.
+
+The machine's environment (set by the Fly runtime, `deployments/runtimes/fly.py`):
+
+* `CATWALK_SERVER_COMMAND`: the server's argv, a JSON array of strings (required);
+* `CATWALK_BRIDGE_MODE` (`shared` | `isolated`), `CATWALK_MAX_SESSIONS`,
+  `CATWALK_SESSION_IDLE_TIMEOUT` (seconds), `CATWALK_DEPLOYMENT` (names the sandbox);
+* app secrets: `CATWALK_BRIDGE_SECRET` (required: the bridge demands it on every route but
+  `/healthz`) and `CATWALK_ENV_<NAME>`, each handed to the server as `<NAME>`;
+* `CATWALK_RUNNER_LISTEN` (default `tcp:0.0.0.0:8080`), `CATWALK_RUNNER_ROOT` (default
+  `/var/lib/catwalk-runner`), `CATWALK_RUNNER_SANDBOX_UID` (default 10000),
+  `CATWALK_RUNNER_READONLY_PATHS` (host folders the sandboxed server may read besides /usr and
+  the interpreters, `:`-separated), `CATWALK_UNSAFE_NO_SANDBOX=1` (run the server unsandboxed).
+
+The server's environment is built from nothing: PATH (node, npx, uv, uvx, the system), HOME,
+TMPDIR, LANG, npm and uv cache settings, and its credentials. Nothing of the machine's own
+environment (FLY_*, CATWALK_*, the relay secret) reaches it.
+
+The server runs in the same sandbox as on a Catwalk host (`mcpgateway/sandbox.py`), which
+needs root and bubblewrap, slirp4netns, setpriv and nft. Without them the runner refuses to
+start unless `CATWALK_UNSAFE_NO_SANDBOX=1`. A bad environment or a refusal is one line on
+stderr and exit status 78 (EX_CONFIG), never a traceback. The server's stderr goes to the
+bridge's stderr, which is this process's: Fly ships it as the machine's log.
+
+Under the root folder: `server/{home,work,tmp}` (the unsandboxed server's folders; the bridge's
+working directory), `cache/{npm,uv}` (package caches: the image's warm ones, layered under a
+sandboxed server's own, or used directly unsandboxed), `sandbox/` (where the launcher mounts
+the server's tmpfs), `sandbox.json` (its profile) and `sandbox.env` (the server's environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from mcpgateway import sandbox_profile
+from mcpgateway.bridge.config import parse_listen
+from mcpgateway.sandbox import LIMIT_EXIT_STATUS, SETUP_EXIT_STATUS
+
+EX_CONFIG = 78
+MESSAGE_PREFIX = "catwalk-runner:"
+CREDENTIAL_PREFIX = "CATWALK_ENV_"
+SECRET_VARIABLE = "CATWALK_BRIDGE_SECRET"  # noqa: S105 - a variable's name
+DEFAULT_LISTEN = "tcp:0.0.0.0:8080"
+DEFAULT_ROOT = "/var/lib/catwalk-runner"
+DEFAULT_SANDBOX_UID = 10_000
+DEFAULT_MAX_SESSIONS = 1000
+DEFAULT_SESSION_IDLE_TIMEOUT = 1800.0
+# The folder holding the `mcpgateway` package: the bridge runs with it as working directory,
+# which makes `-m mcpgateway.bridge` importable without a PYTHONPATH.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# Where a sandboxed server finds its folders, on its own tmpfs (as on a Catwalk host).
+SANDBOX_HOME = "/home/server"
+SANDBOX_WORK = "/srv/server"
+SANDBOX_BINDS = {"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"}  # noqa: S108
+SANDBOX_CACHES = {"npm": f"{SANDBOX_HOME}/.npm", "uv": f"{SANDBOX_HOME}/.cache/uv"}
+# A Machine is one server's: its sandbox gets most of the memory (the bridge needs little) and
+# at most half of that as its writable tmpfs, which is memory too.
+MEMORY_SHARE = 0.75
+MAX_PROCESSES = 256
+MAX_OPEN_FILES = 4096
+# A name the launcher uses in a cgroup path.
+SANDBOX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+
+class ConfigError(Exception):
+    """The runner cannot start as configured; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    command: list[str]
+    secret: str = field(repr=False)
+    credentials: dict[str, str] = field(repr=False)
+    listen: str = DEFAULT_LISTEN
+    mode: str = "shared"
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT
+    root: Path = Path(DEFAULT_ROOT)
+    sandbox_uid: int = DEFAULT_SANDBOX_UID
+    sandbox_name: str = "server"
+    readonly_paths: list[str] = field(default_factory=list)
+    unsafe_no_sandbox: bool = False
+
+
+def _server_command(text: str | None) -> list[str]:
+    if not text:
+        raise ConfigError("CATWALK_SERVER_COMMAND is not set (a JSON array: the server's argv)")
+    try:
+        command = json.loads(text)
+    except ValueError:
+        raise ConfigError("CATWALK_SERVER_COMMAND is not valid JSON") from None
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(arg, str) and "\0" not in arg for arg in command)
+        or not command[0]
+    ):
+        raise ConfigError("CATWALK_SERVER_COMMAND must be a non-empty JSON array of strings")
+    return command
+
+
+def _whole_number(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        number = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {text!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, not {number}")
+    return number
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        number = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
+    return number
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    text = environ.get(name, "").strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, not {text!r}")
+
+
+def _credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    credentials = {}
+    for variable, value in environ.items():
+        if not variable.startswith(CREDENTIAL_PREFIX):
+            continue
+        name = variable.removeprefix(CREDENTIAL_PREFIX)
+        if not sandbox_profile.ENV_NAME.match(name):
+            raise ConfigError(f"{variable} does not name an environment variable")
+        # The bridge consumes (and strips) its own CATWALK_BRIDGE_* variables.
+        if not name.startswith("CATWALK_BRIDGE_"):
+            credentials[name] = value
+    return credentials
+
+
+def read_config(environ: Mapping[str, str]) -> RunnerConfig:
+    """The runner's configuration from the machine's environment; raises ConfigError."""
+    command = _server_command(environ.get("CATWALK_SERVER_COMMAND"))
+    secret = environ.get(SECRET_VARIABLE, "")
+    if not secret:
+        raise ConfigError(f"{SECRET_VARIABLE} is not set; the bridge must not serve without it")
+    mode = environ.get("CATWALK_BRIDGE_MODE", "").strip() or "shared"
+    if mode not in {"shared", "isolated"}:
+        raise ConfigError(f"CATWALK_BRIDGE_MODE must be shared or isolated, not {mode!r}")
+    listen = environ.get("CATWALK_RUNNER_LISTEN", "").strip() or DEFAULT_LISTEN
+    try:
+        parse_listen(listen)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"CATWALK_RUNNER_LISTEN: {exc}") from None
+    root = Path(environ.get("CATWALK_RUNNER_ROOT", "").strip() or DEFAULT_ROOT)
+    if not root.is_absolute():
+        raise ConfigError(f"CATWALK_RUNNER_ROOT must be an absolute path, not {str(root)!r}")
+    name = environ.get("CATWALK_DEPLOYMENT", "").strip() or "server"
+    if not SANDBOX_NAME.match(name):
+        raise ConfigError(f"CATWALK_DEPLOYMENT must be a deployment id, not {name!r}")
+    readonly = [p for p in environ.get("CATWALK_RUNNER_READONLY_PATHS", "").split(":") if p]
+    if not all(os.path.isabs(p) for p in readonly):
+        raise ConfigError("CATWALK_RUNNER_READONLY_PATHS must hold absolute paths")
+    return RunnerConfig(
+        command=command,
+        secret=secret,
+        credentials=_credentials(environ),
+        listen=listen,
+        mode=mode,
+        max_sessions=_whole_number(
+            environ, "CATWALK_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, 1, 1_000_000
+        ),
+        session_idle_timeout=_seconds(
+            environ, "CATWALK_SESSION_IDLE_TIMEOUT", DEFAULT_SESSION_IDLE_TIMEOUT
+        ),
+        root=root,
+        sandbox_uid=_whole_number(
+            environ, "CATWALK_RUNNER_SANDBOX_UID", DEFAULT_SANDBOX_UID, 1, 2**32 - 2
+        ),
+        sandbox_name=name,
+        readonly_paths=readonly,
+        unsafe_no_sandbox=_flag(environ, "CATWALK_UNSAFE_NO_SANDBOX"),
+    )
+
+
+def tool_path() -> str:
+    """PATH for the server: this interpreter's bin folder (uv, uvx), node's folder, system."""
+    folders = [os.path.dirname(sys.executable)]
+    node = shutil.which("node")
+    if node:
+        folders.append(os.path.dirname(node))
+    folders.extend(SYSTEM_PATH)
+    return os.pathsep.join(dict.fromkeys(folders))
+
+
+def server_environment(
+    config: RunnerConfig, *, home: str, tmp: str, npm_cache: str, uv_cache: str
+) -> dict[str, str]:
+    """The server's whole environment: what npx and uvx need, and its credentials."""
+    environment = {
+        "PATH": tool_path(),
+        "HOME": home,
+        "TMPDIR": tmp,
+        "LANG": "C.UTF-8",
+        "npm_config_cache": npm_cache,
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+        "UV_CACHE_DIR": uv_cache,
+        # uvx builds servers' environments with this interpreter (not whichever it finds first).
+        "UV_PYTHON": sys.executable,
+    }
+    environment.update(config.credentials)
+    return environment
+
+
+def machine_limits() -> sandbox_profile.Limits:
+    memory = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * MEMORY_SHARE)
+    return sandbox_profile.Limits(
+        memory_bytes=memory,
+        cpus=float(os.cpu_count() or 1),
+        processes=MAX_PROCESSES,
+        open_files=MAX_OPEN_FILES,
+        disk_bytes=memory // 2,
+    )
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The bridge's command line and environment, and what the start line says."""
+
+    argv: list[str]
+    env: dict[str, str]
+    description: str
+
+
+@dataclass(frozen=True)
+class Server:
+    """How the bridge runs the server: its command, the bridge's environment, extra flags."""
+
+    command: list[str]
+    bridge_environment: dict[str, str]
+    bridge_flags: list[str]
+    description: str
+
+
+def sandboxed(config: RunnerConfig, caches: dict[str, Path]) -> Server:
+    """The server in the sandbox: writes its environment file and the launcher's profile."""
+    problems = sandbox_profile.problems(sandbox_profile.DEFAULT_TOOLS_PATH, "the runner")
+    if problems:
+        raise ConfigError(
+            f"refusing to start: MCP servers run only inside the sandbox, which cannot run "
+            f"here ({'; '.join(problems)}); set CATWALK_UNSAFE_NO_SANDBOX=1 to run the "
+            f"server unsandboxed"
+        )
+    tools, _ = sandbox_profile.find_tools(sandbox_profile.DEFAULT_TOOLS_PATH)
+    environment_file, profile_file = config.root / "sandbox.env", config.root / "sandbox.json"
+    sandbox_profile.write_environment(
+        environment_file,
+        server_environment(
+            config,
+            home=SANDBOX_HOME,
+            tmp="/tmp",  # noqa: S108 - the sandbox's own
+            npm_cache=SANDBOX_CACHES["npm"],
+            uv_cache=SANDBOX_CACHES["uv"],
+        ),
+    )
+    profile = sandbox_profile.build_profile(
+        name=config.sandbox_name,
+        uid=config.sandbox_uid,
+        area=config.root / "sandbox",
+        binds=SANDBOX_BINDS,
+        # The image's warm caches, never written as root here: the server's writes land in its
+        # own layer.
+        caches={
+            str(caches[name]): target
+            for name, target in SANDBOX_CACHES.items()
+            if caches[name].is_dir()
+        },
+        shared_writable={},
+        environment_file=environment_file,
+        tools=tools,
+        limits=machine_limits(),
+        launches=config.max_sessions if config.mode == "isolated" else 1,
+        readonly=sandbox_profile.readonly_paths(config.readonly_paths),
+        hidden=[str(config.root)],
+        blocked=sandbox_profile.host_networks(),
+        cgroup_root="/sys/fs/cgroup",
+    )
+    sandbox_profile.write_profile(profile_file, profile)
+    return Server(
+        command=sandbox_profile.launcher_command(config.command, profile_file),
+        # The credentials never enter a root process's environment: the launcher hands the
+        # server its own from the file.
+        bridge_environment=dict(sandbox_profile.ROOT_ENVIRONMENT),
+        # A blown limit or a sandbox that cannot be built: restarting would not help.
+        bridge_flags=[
+            f"--fatal-exit-status={status}" for status in (LIMIT_EXIT_STATUS, SETUP_EXIT_STATUS)
+        ],
+        description=f"sandboxed as uid {config.sandbox_uid}",
+    )
+
+
+def unsandboxed(config: RunnerConfig, folders: dict[str, Path], caches: dict[str, Path]) -> Server:
+    """The server as the runner's own user, with its environment through the bridge's."""
+    for folder in caches.values():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    environment = server_environment(
+        config,
+        home=str(folders["home"]),
+        tmp=str(folders["tmp"]),
+        npm_cache=str(caches["npm"]),
+        uv_cache=str(caches["uv"]),
+    )
+    return Server(
+        command=config.command,
+        bridge_environment=environment,
+        bridge_flags=[],
+        description="UNSANDBOXED (CATWALK_UNSAFE_NO_SANDBOX is set)",
+    )
+
+
+def prepare(config: RunnerConfig) -> Launch:
+    """Make the folders and the server's files; raises ConfigError or OSError."""
+    config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config.root.chmod(0o700)
+    folders = {name: config.root / "server" / name for name in ("home", "work", "tmp")}
+    for folder in folders.values():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    caches = {name: config.root / "cache" / name for name in SANDBOX_CACHES}
+    if config.unsafe_no_sandbox:
+        server = unsandboxed(config, folders, caches)
+    else:
+        server = sandboxed(config, caches)
+    argv = [
+        sys.executable,
+        # No PYTHON* variable or user site: the bridge runs as root.
+        "-E",
+        "-s",
+        "-m",
+        "mcpgateway.bridge",
+        f"--listen={config.listen}",
+        f"--mode={config.mode}",
+        f"--max-sessions={config.max_sessions}",
+        f"--session-idle-timeout={config.session_idle_timeout}",
+        "--stderr-log=-",
+        f"--cwd={folders['work']}",
+        *server.bridge_flags,
+        "--",
+        *server.command,
+    ]
+    environment = {**server.bridge_environment, SECRET_VARIABLE: config.secret}
+    return Launch(argv=argv, env=environment, description=server.description)
+
+
+def say(message: str) -> None:
+    print(f"{MESSAGE_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def main() -> NoReturn:
+    try:
+        config = read_config(os.environ)
+        launch = prepare(config)
+    except ConfigError as exc:
+        say(str(exc))
+        sys.exit(EX_CONFIG)
+    except (OSError, ValueError) as exc:
+        say(f"cannot prepare the MCP server: {exc}")
+        sys.exit(EX_CONFIG)
+    say(f"starting the MCP server {launch.description}: {shlex.join(config.command)}")
+    try:
+        os.chdir(PACKAGE_PARENT)
+        os.execve(sys.executable, launch.argv, launch.env)  # noqa: S606 - an argv, no shell
+    except OSError as exc:
+        say(f"cannot start the bridge: {exc}")
+        sys.exit(EX_CONFIG)
+
+
+if __name__ == "__main__":
+    main()
