@@ -179,6 +179,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "fail-stale-analyses": {"task": "analysis.tasks.fail_stale_analyses", "schedule": 300.0},
     "fail-abandoned-builds": {"task": "deployments.tasks.fail_abandoned_builds", "schedule": 300.0},
+    "fly-reconcile": {
+        "task": "deployments.tasks.fly_reconcile_all",
+        "schedule": float(config.read_int("FLY_RECONCILE_SECONDS", 60, minimum=5)),
+    },
 }
 
 # --- Accounts -------------------------------------------------------------------------------
@@ -315,6 +319,9 @@ NPM_REGISTRY_URL = config.read("NPM_REGISTRY_URL", "https://registry.npmjs.org")
 PYPI_URL = config.read("PYPI_URL", "https://pypi.org").rstrip("/")
 
 # --- Local runtime: the supervisor (`manage.py supervise`) and its bridges --------------------
+# Whether deployments may run on this host. A platform with no supervisor (on Fly, where every
+# deployment is a machine of its own) turns it off so the local runtime is not offered.
+LOCAL_RUNTIME_ENABLED = config.read_bool("LOCAL_RUNTIME_ENABLED", default=True)
 # A running deployment with no request for this long is stopped and sleeps until the next
 # request wakes it; 0 keeps deployments running.
 LOCAL_IDLE_TIMEOUT_SECONDS = config.read_int("LOCAL_IDLE_TIMEOUT_SECONDS", 900)
@@ -400,6 +407,45 @@ GATEWAY_MAX_BODY_BYTES = config.read_int("GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 10
 GATEWAY_WAKE_TIMEOUT_SECONDS = config.read_int("GATEWAY_WAKE_TIMEOUT_SECONDS", 60, minimum=1)
 # How long the playground on a deployment's page waits for a tool's answer.
 PLAYGROUND_CALL_TIMEOUT_SECONDS = config.read_int("PLAYGROUND_CALL_TIMEOUT_SECONDS", 30, minimum=1)
+
+# --- Fly.io runtime (deployments/runtimes/fly.py) -------------------------------------------
+# Deployments may run on Fly Machines once a token, an organisation and a runner image are
+# set (docs/deploy-fly.md). Each deployment gets an app of its own on a network of its own,
+# reached by the gateway through its Flycast address and Fly's proxy, which wakes it.
+FLY_API_URL = config.read("FLY_API_URL", "https://api.machines.dev/v1").rstrip("/")
+FLY_LOGS_API_URL = config.read("FLY_LOGS_API_URL", "https://api.fly.io/api/v1").rstrip("/")
+# Where the gateway relays a deployment's traffic; {app} is its Fly app's name.
+FLY_RELAY_URL = config.read("FLY_RELAY_URL", "http://{app}.flycast")
+if "{app}" not in FLY_RELAY_URL:
+    raise config.SettingError("FLY_RELAY_URL", "must contain {app}, the Fly app's name")
+FLY_API_TOKEN = config.read("FLY_API_TOKEN", "")
+FLY_ORG = config.read("FLY_ORG", "")
+FLY_REGION = config.read("FLY_REGION", "")
+# The image built from the Dockerfile's `runner` target (e.g. registry.fly.io/catwalk-runner:v1).
+FLY_RUNNER_IMAGE = config.read("FLY_RUNNER_IMAGE", "")
+# App names are global across Fly: each deployment's is this prefix and its id.
+FLY_APP_PREFIX = config.read("FLY_APP_PREFIX", "catwalk")
+# The network Flycast addresses are allocated on: the one the platform's own machines are on
+# ("" = the organisation's default network). Each deployment's app has a network of its own.
+FLY_PLATFORM_NETWORK = config.read("FLY_PLATFORM_NETWORK", "")
+FLY_GUEST_CPU_KIND = config.read("FLY_GUEST_CPU_KIND", "shared")
+FLY_GUEST_CPUS = config.read_int("FLY_GUEST_CPUS", 1, minimum=1)
+FLY_GUEST_MEMORY_MB = config.read_int("FLY_GUEST_MEMORY_MB", 512, minimum=256)
+if FLY_GUEST_MEMORY_MB % 256:
+    raise config.SettingError("FLY_GUEST_MEMORY_MB", "must be a multiple of 256")
+# What Fly's proxy does with an idle machine: "stop" (no cost, cold start on the next request)
+# or "suspend" (memory kept, resumes in about a second; machines up to 2 GB).
+FLY_AUTOSTOP = config.read("FLY_AUTOSTOP", "stop")
+if FLY_AUTOSTOP not in ("stop", "suspend"):
+    raise config.SettingError("FLY_AUTOSTOP", "must be stop or suspend")
+# How long a machine may take from launch to answering tools/list (a first package download
+# included) before the deployment fails.
+FLY_START_TIMEOUT_SECONDS = config.read_int("FLY_START_TIMEOUT_SECONDS", 300, minimum=5)
+# Retries of a Fly API call answered 408/429/5xx (exponential backoff from this first delay).
+FLY_API_RETRIES = config.read_int("FLY_API_RETRIES", 5)
+FLY_API_BACKOFF_SECONDS = float(config.read("FLY_API_BACKOFF_SECONDS", "0.5"))
+# How often every Fly deployment is compared with what Fly reports (drift, autostop).
+FLY_RECONCILE_SECONDS = config.read_int("FLY_RECONCILE_SECONDS", 60, minimum=5)
 
 # --- OAuth 2.1 authorization server for the MCP endpoints (deployments/oauth.py) -------------
 # django-oauth-toolkit speaks the protocol; every token it issues is bound to one deployment's

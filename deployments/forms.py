@@ -244,7 +244,7 @@ class DeployForm(forms.Form):
     )
     runtime = forms.ChoiceField(
         label="Runs on",
-        required=False,  # left out: the first available runtime, this host
+        required=False,  # left out: the first available runtime
         choices=Runtime.choices,
         initial=Runtime.LOCAL,
         widget=forms.RadioSelect,
@@ -254,10 +254,18 @@ class DeployForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         kinds = set(available_runtimes())
-        self.fields["runtime"].choices = [c for c in Runtime.choices if c[0] in kinds]
+        choices = [c for c in Runtime.choices if c[0] in kinds]
+        self.fields["runtime"].choices = choices
+        if choices and Runtime.LOCAL not in kinds:
+            self.fields["runtime"].initial = choices[0][0]
 
     def clean_runtime(self) -> str:
-        return self.cleaned_data["runtime"] or self.fields["runtime"].choices[0][0]
+        choices = self.fields["runtime"].choices
+        if not choices:
+            raise forms.ValidationError(
+                "No runtime is available on this Catwalk: its operator has to configure one."
+            )
+        return self.cleaned_data["runtime"] or choices[0][0]
 
 
 class GitHubTokenForm(forms.Form):

@@ -606,3 +606,41 @@ class SourceBuild(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class FlyApp(models.Model):
+    """A deployment's resources on Fly.io: one app (with its Flycast address and secrets) and
+    one machine. What the Fly runtime's reconciler last made true, kept so it can carry on after
+    a failure, adopt what an ambiguous answer left behind, and tear everything down after the
+    deployment itself is deleted (the row outlives it, with `deployment` null, until then).
+    """
+
+    deployment = models.OneToOneField(
+        Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="fly_app"
+    )
+    # The deployment's id, kept after it is deleted: machines are tagged with it.
+    deployment_key = models.UUIDField(unique=True, editable=False)
+    name = models.CharField(max_length=63, unique=True)
+    app_created = models.BooleanField(default=False)
+    ip_allocated = models.BooleanField(default=False)
+    machine_id = models.CharField(max_length=32, blank=True)
+    # What the machine was last configured with: a digest of its config, the app secrets
+    # version it boots with, and the restart request it serves.
+    config_digest = models.CharField(max_length=64, blank=True)
+    secrets_digest = models.CharField(max_length=64, blank=True)
+    secret_names = models.JSONField(default=list, blank=True)
+    secrets_version = models.PositiveIntegerField(null=True, blank=True)
+    restart_served_at = models.DateTimeField(null=True, blank=True)
+    # A start in progress must answer by this time, or the deployment fails.
+    start_deadline = models.DateTimeField(null=True, blank=True)
+    # One reconciler at a time: whoever holds an unexpired lease.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "Fly app"
+
+    def __str__(self) -> str:
+        return self.name

@@ -41,6 +41,7 @@ from deployments.models import (
 from deployments.runtimes.base import (
     PackageError,
     ProbeError,
+    available_runtimes,
     get_runtime,
     list_tools,
     package_command,
@@ -199,6 +200,7 @@ def create_deployment(
     """
     environment = environment or {}
     entry_args = entry_args or []
+    _check_runtime(runtime, source_package(source_build) if source_build else package)
     try:
         if source_build is not None:
             # A source deployment runs its build's entry point, never a command of its own.
@@ -263,6 +265,18 @@ def create_deployment(
         raise DeploymentError(f"{owner} already has a deployment named {name!r}") from None
     _apply_on_commit(deployment)
     return deployment, token
+
+
+def _check_runtime(kind: str, package: PackageSpec) -> None:
+    """Refuse a runtime that is not configured here or cannot run this kind of package."""
+    if kind not in available_runtimes():
+        raise DeploymentError(
+            f"the {kind} runtime is not available here; choose one of: "
+            + ", ".join(available_runtimes())
+        )
+    if package.registry not in get_runtime(kind).registries:
+        label = PackageRegistry(package.registry).label
+        raise DeploymentError(f"{label} packages cannot run on the {kind} runtime yet")
 
 
 def _apply_on_commit(deployment: Deployment) -> None:
@@ -357,7 +371,10 @@ def delete_deployment(deployment: Deployment, actor=None) -> None:
     with transaction.atomic(), audit.acting_as(actor):
         # A second request to delete it finds it gone instead of recording another deletion.
         _lock_deployment(deployment)
+        deployment_id = deployment.pk
         deployment.delete()
+    # Deleting clears the instance's id; a runtime tears down what it ran by that id.
+    deployment.pk = deployment_id
     _apply_on_commit(deployment)
 
 

@@ -52,7 +52,13 @@ from deployments.models import (
     TransitionError,
 )
 from deployments.runtimes import local, sandbox
-from deployments.runtimes.base import Endpoint, PackageError, ProbeError, list_tools
+from deployments.runtimes.base import (
+    Endpoint,
+    PackageError,
+    ProbeError,
+    crash_reason,
+    list_tools,
+)
 
 log = logging.getLogger("catwalk.supervisor")
 
@@ -616,7 +622,7 @@ class Supervisor:
             if health is None or health.get("status") in ("starting", "restarting"):
                 return
             if health.get("status") == "crashed":
-                self._fail(row, bridge, self._crash_reason(health))
+                self._fail(row, bridge, crash_reason(health))
                 return
             endpoint = local.LocalRuntime().endpoint(Deployment(id=row["id"]))
             bridge.probe = Probe(endpoint)
@@ -651,7 +657,7 @@ class Supervisor:
             return
         bridge.unhealthy = 0
         if health.get("status") == "crashed":
-            self._fail(row, bridge, self._crash_reason(health))
+            self._fail(row, bridge, crash_reason(health))
         elif bridge.ready_since is not None and now - bridge.ready_since > STABLE_AFTER_SECONDS:
             self.restarts.pop(row["id"], None)
 
@@ -664,15 +670,6 @@ class Supervisor:
         return timezone.now() - since > timedelta(seconds=self.idle_timeout)
 
     # -- failures --------------------------------------------------------------------------
-
-    @staticmethod
-    def _crash_reason(health: dict[str, Any]) -> str:
-        last_error = health.get("last_error") or ""
-        for line in reversed(last_error.splitlines()):
-            if line.startswith(sandbox.LIMIT_MESSAGE_PREFIX):
-                limit = line.removeprefix(sandbox.LIMIT_MESSAGE_PREFIX)
-                return f"The MCP server was stopped by its sandbox: {limit}.\n{last_error}"
-        return f"The MCP server keeps crashing: {last_error or 'no error output'}"
 
     def _fail(self, row: dict[str, Any], bridge: ManagedBridge, reason: str) -> None:
         self._begin_stop(bridge, "discard")

@@ -84,6 +84,8 @@ class DeploymentInfo:
     runtime: str
     allowed_origins: frozenset[str]
     endpoint: Endpoint
+    # The runtime's proxy wakes a sleeping deployment for a relayed request (Fly).
+    proxy_wakes: bool = False
 
 
 class _TtlCache:
@@ -235,6 +237,7 @@ def _load_deployment(deployment_id: str) -> DeploymentInfo | None:
     deployment = Deployment.objects.filter(pk=deployment_id).first()
     if deployment is None:
         return None
+    runtime = get_runtime(deployment.runtime)
     return DeploymentInfo(
         id=str(deployment.pk),
         owner_id=deployment.owner_id,
@@ -242,7 +245,8 @@ def _load_deployment(deployment_id: str) -> DeploymentInfo | None:
         desired_state=deployment.desired_state,
         runtime=deployment.runtime,
         allowed_origins=frozenset(o.rstrip("/") for o in deployment.allowed_origins),
-        endpoint=get_runtime(deployment.runtime).endpoint(deployment),
+        endpoint=runtime.endpoint(deployment),
+        proxy_wakes=runtime.proxy_wakes,
     )
 
 

@@ -302,6 +302,11 @@ class Gateway:
     async def _awake(self, info: access.DeploymentInfo) -> access.DeploymentInfo:
         if info.status not in (Status.SLEEPING, Status.STOPPED, Status.PENDING, Status.STARTING):
             return info
+        if info.status == Status.SLEEPING and info.proxy_wakes:
+            # The runtime's proxy starts it for this very request; the runtime only catches
+            # up with its status.
+            await access.wake(info.id)
+            return info
         if info.status in (Status.SLEEPING, Status.STOPPED):
             await access.wake(info.id)
         deadline = time.monotonic() + self.wake_timeout

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from django.conf import settings
 
+from deployments.runtimes.sandbox import LIMIT_MESSAGE_PREFIX
+
 if TYPE_CHECKING:
     from deployments.models import Deployment
 
 # Every runtime module, imported once on first use so that each registers itself.
-RUNTIME_MODULES = ["deployments.runtimes.local"]
+RUNTIME_MODULES = ["deployments.runtimes.local", "deployments.runtimes.fly"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class Endpoint:
 
 class Runtime(ABC):
     kind: str
+    # The package registries (PackageRegistry values) whose deployments it can run.
+    registries: frozenset[str] = frozenset({"npm", "pypi", "source"})
+    # Whether a request relayed to a sleeping deployment wakes it by itself (Fly's proxy
+    # does), so the gateway relays at once instead of waiting for it to run.
+    proxy_wakes: bool = False
 
     @classmethod
     def is_configured(cls) -> bool:
@@ -90,6 +97,16 @@ def bridge_secret(deployment_id: object) -> str:
     return hmac.new(
         settings.SECRET_KEY.encode(), f"bridge:{deployment_id}".encode(), hashlib.sha256
     ).hexdigest()
+
+
+def crash_reason(health: dict[str, Any]) -> str:
+    """Why a bridge reports its server "crashed" (its `/healthz`), in the owner's words."""
+    last_error = health.get("last_error") or ""
+    for line in reversed(last_error.splitlines()):
+        if line.startswith(LIMIT_MESSAGE_PREFIX):
+            limit = line.removeprefix(LIMIT_MESSAGE_PREFIX)
+            return f"The MCP server was stopped by its sandbox: {limit}.\n{last_error}"
+    return f"The MCP server keeps crashing: {last_error or 'no error output'}"
 
 
 _registry: dict[str, type[Runtime]] = {}

@@ -645,6 +645,10 @@ def tail_lines(path: Path, count: int, chunk: int = 64 * 1024) -> list[str]:
 class LocalRuntime(Runtime):
     kind = "local"
 
+    @classmethod
+    def is_configured(cls) -> bool:
+        return settings.LOCAL_RUNTIME_ENABLED
+
     def apply(self, deployment: Deployment) -> None:
         nudge_supervisor()
 

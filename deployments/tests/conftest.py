@@ -126,15 +126,16 @@ def _running(process: psutil.Process) -> bool:
 
 @contextlib.asynccontextmanager
 async def mcp_client(endpoint: Endpoint):
-    """The real MCP SDK client, connected to a bridge's unix socket."""
-    assert endpoint.unix_socket is not None
+    """The real MCP SDK client, connected to a bridge (its unix socket, or its base URL)."""
+    if endpoint.unix_socket is not None:
+        transport, url = httpx2.AsyncHTTPTransport(uds=endpoint.unix_socket), "http://bridge/mcp"
+    else:
+        transport, url = httpx2.AsyncHTTPTransport(), f"{endpoint.base_url}/mcp"
     async with (
         httpx2.AsyncClient(
-            transport=httpx2.AsyncHTTPTransport(uds=endpoint.unix_socket),
-            headers=endpoint.headers,
-            timeout=httpx2.Timeout(30, read=120),
+            transport=transport, headers=endpoint.headers, timeout=httpx2.Timeout(30, read=120)
         ) as http,
-        Client(streamable_http_client("http://bridge/mcp", http_client=http)) as client,
+        Client(streamable_http_client(url, http_client=http)) as client,
     ):
         yield client
 

@@ -330,6 +330,30 @@ def test_a_runtime_that_is_not_configured_is_refused_inline(owner_client, analys
     assert not Deployment.objects.exists()
 
 
+def test_fly_is_offered_and_chosen_once_it_is_configured(owner_client, analysis, settings):
+    settings.FLY_API_TOKEN = "fly-test-token"
+    settings.FLY_ORG = "acme"
+    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
+
+    html = owner_client.get(url(analysis)).content.decode()
+    assert 'name="deployment-runtime" value="fly"' in html
+
+    response = owner_client.post(url(analysis), good_post(**{"deployment-runtime": "fly"}))
+    assert response.status_code == 303
+    assert Deployment.objects.get().runtime == "fly"
+
+
+def test_with_no_runtime_available_the_form_says_so_and_saves_nothing(
+    owner_client, analysis, settings
+):
+    settings.LOCAL_RUNTIME_ENABLED = False
+
+    response = owner_client.post(url(analysis), good_post())
+    assert response.status_code == 400
+    assert b"No runtime is available on this Catwalk" in response.content
+    assert not Deployment.objects.exists()
+
+
 def test_the_first_token_is_shown_once_on_the_deployment_page(owner_client, analysis, applied):
     response = owner_client.post(url(analysis), good_post())
     assert "cwk_" not in response["Location"]

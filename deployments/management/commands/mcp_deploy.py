@@ -13,7 +13,7 @@ from analysis.models import AnalysisStep
 from analysis.serverjson import meta
 from deployments import builds, services
 from deployments.github_tokens import github_token_for
-from deployments.models import ProcessModel, SourceBuild
+from deployments.models import ProcessModel, Runtime, SourceBuild
 from deployments.runtimes.base import PackageError
 from deployments.supervisor import supervisor_is_running
 
@@ -75,6 +75,12 @@ class Command(BaseCommand):
             help="An argument for the server (repeatable; write --arg=-x for a dash).",
         )
         parser.add_argument(
+            "--runtime",
+            choices=[kind for kind, _ in Runtime.choices],
+            default=Runtime.LOCAL,
+            help="Where the server runs: this host (default) or Fly.io Machines (needs a worker).",
+        )
+        parser.add_argument(
             "--timeout",
             type=float,
             default=DEFAULT_TIMEOUT_SECONDS,
@@ -92,7 +98,7 @@ class Command(BaseCommand):
             raise CommandError("--env: a variable is given more than once")
         if options["timeout"] <= 0:
             raise CommandError("--timeout must be positive")
-        if not supervisor_is_running():
+        if options["runtime"] == Runtime.LOCAL and not supervisor_is_running():
             raise CommandError(
                 "no supervisor is running for this data folder: start "
                 "`python manage.py supervise` (or `make run`) first"
@@ -118,6 +124,7 @@ class Command(BaseCommand):
                 process_model=ProcessModel.ISOLATED if options["isolated"] else ProcessModel.SHARED,
                 entry_command=options["entry"],
                 entry_args=options["arg"],
+                runtime=options["runtime"],
                 issued_to="mcp_deploy",
             )
         except services.DeploymentError as exc:

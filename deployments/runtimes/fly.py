@@ -1,0 +1,639 @@
+"""The Fly.io runtime: each deployment is a Fly app with one machine running the runner image.
+
+The runner (`mcpgateway/runner.py`, the Dockerfile's `runner` target) runs the deployment's
+package as the bridge's child, sandboxed as on this host. Per deployment Catwalk creates:
+
+* an app (`FLY_APP_PREFIX-<deployment id>`, another name if that one is taken elsewhere on
+  Fly) on a network of its own, so no deployment reaches another's machines or the platform's;
+* its secrets, through the app secrets endpoint, never in a machine's config: the bridge's relay
+  secret (`CATWALK_BRIDGE_SECRET`) and each credential as `CATWALK_ENV_<NAME>`, which the runner
+  hands the server under its own name (and nothing else of the machine's environment);
+* a Flycast address on the platform's network: the gateway relays to `FLY_RELAY_URL`
+  (`http://<app>.flycast`), through Fly's proxy, which starts a stopped machine;
+* one machine: the runner image, the guest size of the settings, restart on failure, a service
+  on the bridge's port with autostop/autostart (idle deployments cost nothing and wake on the
+  next request) and an HTTP check on the bridge's `/healthz`. It is tagged with the deployment's
+  id in its metadata: after an ambiguous create Catwalk lists and adopts rather than creating a
+  second one.
+
+`sync()` is the reconciler, run by the Celery task `fly_sync` (deployments/tasks.py) whenever
+the deployment changes, on a schedule for every Fly deployment (drift: machine or app gone,
+autostop), and again shortly while a start is under way. Each run is short, holds a lease on the
+deployment's `FlyApp` row so runs never overlap, and is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from deployments.crypto import DecryptionError
+from deployments.models import (
+    TRANSITIONS,
+    Deployment,
+    DeploymentEvent,
+    DesiredState,
+    EventKind,
+    FlyApp,
+    PackageRegistry,
+    Status,
+    TransitionError,
+)
+from deployments.runtimes.base import (
+    Endpoint,
+    PackageError,
+    ProbeError,
+    Runtime,
+    bridge_secret,
+    crash_reason,
+    deployment_command,
+    list_tools,
+    register,
+)
+from deployments.runtimes.fly_api import FlyClient, FlyError, iter_events
+from deployments.runtimes.local import SECRET_HEADER, session_settings
+
+logger = logging.getLogger(__name__)
+
+RUNNER_PORT = 8080
+CREDENTIAL_PREFIX = "CATWALK_ENV_"
+SECRET_NAME = "CATWALK_BRIDGE_SECRET"  # noqa: S105 - a variable's name
+METADATA_KEY = "catwalk_deployment"
+# A reconciler run holds its lease this long at most; one that dies frees it by expiry.
+LEASE_SECONDS = 120
+# While a machine starts, the reconciler looks again this soon.
+STARTING_RECHECK_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 10.0
+LOG_TIMEOUT_SECONDS = 5.0
+# Machine states, as Fly names them.
+UP_STATES = frozenset({"started"})
+COMING_UP_STATES = frozenset({"created", "starting", "replacing", "updating"})
+DOWN_STATES = frozenset({"stopped", "stopping", "suspended", "suspending"})
+FAILED_STATES = frozenset({"failed", "launch_failed"})
+GONE_STATES = frozenset({"destroyed", "destroying"})
+
+
+def app_name_for(deployment_id: uuid.UUID, suffix: str = "") -> str:
+    """A Fly app name for the deployment: lowercase, at most 63 characters, unique to it."""
+    base = f"{settings.FLY_APP_PREFIX}-{deployment_id.hex}"
+    return f"{base}-{suffix}" if suffix else base
+
+
+def relay_url(app_name: str) -> str:
+    return settings.FLY_RELAY_URL.format(app=app_name)
+
+
+def _digest(value: object) -> str:
+    """A keyed digest, so what is stored reveals nothing of secret values."""
+    data = json.dumps(value, sort_keys=True).encode()
+    return hmac.new(settings.SECRET_KEY.encode(), data, hashlib.sha256).hexdigest()
+
+
+def app_secrets(deployment: Deployment) -> dict[str, str]:
+    values = {SECRET_NAME: bridge_secret(deployment.id)}
+    for name, value in deployment.credential_environment().items():
+        values[f"{CREDENTIAL_PREFIX}{name}"] = value
+    return values
+
+
+def machine_config(deployment: Deployment) -> dict:
+    """The machine's config: no secret in it (they come from the app's secrets at boot)."""
+    cap, idle = session_settings(deployment)
+    command = deployment_command(deployment)
+    return {
+        "image": settings.FLY_RUNNER_IMAGE,
+        "env": {
+            "CATWALK_DEPLOYMENT": str(deployment.id),
+            "CATWALK_SERVER_COMMAND": json.dumps(command),
+            "CATWALK_BRIDGE_MODE": deployment.process_model,
+            "CATWALK_MAX_SESSIONS": str(cap),
+            "CATWALK_SESSION_IDLE_TIMEOUT": f"{idle:g}",
+        },
+        "guest": {
+            "cpu_kind": settings.FLY_GUEST_CPU_KIND,
+            "cpus": settings.FLY_GUEST_CPUS,
+            "memory_mb": settings.FLY_GUEST_MEMORY_MB,
+        },
+        "restart": {"policy": "on-failure", "max_retries": 3},
+        "metadata": {METADATA_KEY: str(deployment.id)},
+        "stop_config": {"signal": "SIGTERM", "timeout": "10s"},
+        "services": [
+            {
+                "protocol": "tcp",
+                "internal_port": RUNNER_PORT,
+                "autostart": True,
+                "autostop": settings.FLY_AUTOSTOP,
+                "min_machines_running": 0,
+                "ports": [{"port": 80, "handlers": ["http"]}],
+                "concurrency": {"type": "requests", "soft_limit": 200, "hard_limit": 250},
+            }
+        ],
+        "checks": {
+            "bridge": {
+                "type": "http",
+                "port": RUNNER_PORT,
+                "path": "/healthz",
+                "method": "GET",
+                "interval": "15s",
+                "timeout": "5s",
+                "grace_period": "30s",
+            }
+        },
+    }
+
+
+# --- the runtime ------------------------------------------------------------------------------
+
+
+@register
+class FlyRuntime(Runtime):
+    kind = "fly"
+    registries = frozenset({PackageRegistry.NPM, PackageRegistry.PYPI})
+    # Fly's proxy starts a stopped machine for a request relayed through it.
+    proxy_wakes = True
+
+    @classmethod
+    def is_configured(cls) -> bool:
+        return bool(settings.FLY_API_TOKEN and settings.FLY_ORG and settings.FLY_RUNNER_IMAGE)
+
+    def apply(self, deployment: Deployment) -> None:
+        from deployments.tasks import fly_sync
+
+        fly_sync.delay_on_commit(str(deployment.id))
+
+    def wake(self, deployment: Deployment) -> None:
+        """Fly's proxy wakes the machine; only ask for its status to be brought up to date
+        (once per few seconds, however many requests arrive)."""
+        if cache.add(f"fly:wake:{deployment.id}", 1, timeout=5):
+            from deployments.tasks import fly_sync
+
+            fly_sync.apply_async((str(deployment.id),), countdown=STARTING_RECHECK_SECONDS)
+
+    def endpoint(self, deployment: Deployment) -> Endpoint:
+        name = (
+            FlyApp.objects.filter(deployment_id=deployment.pk)
+            .values_list("name", flat=True)
+            .first()
+        ) or app_name_for(deployment.id)
+        return Endpoint(
+            base_url=relay_url(name), headers={SECRET_HEADER: bridge_secret(deployment.id)}
+        )
+
+    def logs(self, deployment: Deployment, lines: int = 200) -> list[str]:
+        name = FlyApp.objects.filter(deployment_id=deployment.pk).values_list("name", flat=True)
+        if not name:
+            return []
+        try:
+            with FlyClient(retries=0, timeout=LOG_TIMEOUT_SECONDS) as client:
+                found, _ = client.logs(name[0])
+        except FlyError as exc:
+            return [f"(Fly's logs could not be read: {exc.message or exc.code})"]
+        return [line.message for line in found][-lines:] if lines > 0 else []
+
+
+# --- the reconciler ---------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What a reconciler run asks for next: another run after `again` seconds, or none."""
+
+    again: float | None = None
+
+
+class _Lease:
+    """The right to reconcile one FlyApp row, held until released or expired."""
+
+    def __init__(self, app: FlyApp) -> None:
+        self.app = app
+        self.held = False
+
+    def __enter__(self) -> bool:
+        now = timezone.now()
+        free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+        claimed = FlyApp.objects.filter(free, pk=self.app.pk).update(
+            lease_until=now + timedelta(seconds=LEASE_SECONDS)
+        )
+        self.held = bool(claimed)
+        return self.held
+
+    def __exit__(self, *_: object) -> None:
+        if self.held:
+            FlyApp.objects.filter(pk=self.app.pk).update(lease_until=None)
+
+
+def sync(deployment_id: str) -> Outcome:
+    """Make Fly match the deployment (or tear its resources down once it is deleted)."""
+    key = uuid.UUID(str(deployment_id))
+    deployment = Deployment.objects.filter(pk=key).first()
+    if deployment is None or deployment.runtime != FlyRuntime.kind:
+        app = FlyApp.objects.filter(deployment_key=key, deployment__isnull=True).first()
+        if app is None:
+            return Outcome()
+        return _locked(app, lambda client: _tear_down(client, app))
+    app = _app_row(deployment)
+    return _locked(app, lambda client: _reconcile(client, deployment, app))
+
+
+def _locked(app: FlyApp, work) -> Outcome:
+    with _Lease(app) as held:
+        if not held:
+            return Outcome(again=STARTING_RECHECK_SECONDS)
+        app.refresh_from_db()
+        with FlyClient() as client:
+            try:
+                outcome = work(client)
+            except FlyError as exc:
+                # Fly kept failing after the client's retries: try again on a later run.
+                logger.warning("fly reconcile of %s: %s", app.name, exc)
+                FlyApp.objects.filter(pk=app.pk).update(last_error=str(exc)[:2000])
+                return Outcome(again=30.0)
+        if app.pk is not None and app.last_error:
+            FlyApp.objects.filter(pk=app.pk).update(last_error="")
+        return outcome
+
+
+def _app_row(deployment: Deployment) -> FlyApp:
+    app = FlyApp.objects.filter(deployment=deployment).first()
+    if app is not None:
+        return app
+    try:
+        with transaction.atomic():
+            return FlyApp.objects.create(
+                deployment=deployment,
+                deployment_key=deployment.id,
+                name=app_name_for(deployment.id),
+            )
+    except IntegrityError:
+        return FlyApp.objects.get(deployment_key=deployment.id)
+
+
+def _save(app: FlyApp, **changes) -> None:
+    for field, value in changes.items():
+        setattr(app, field, value)
+    FlyApp.objects.filter(pk=app.pk).update(**changes, updated_at=timezone.now())
+
+
+def _move(deployment: Deployment, status: str, detail: str = "") -> None:
+    """Move to `status` by the shortest way the lifecycle allows (each step is recorded)."""
+    deployment.refresh_from_db(fields=["status"])
+    path = _path(deployment.status, status)
+    for step in path[:-1]:
+        deployment.move_to(step)
+    deployment.move_to(status, detail)
+
+
+def _path(start: str, goal: str) -> list[str]:
+    routes: dict[str, list[str]] = {start: []}
+    queue = [start]
+    while queue:
+        current = queue.pop(0)
+        if current == goal:
+            return routes[current] or [goal]
+        for following in sorted(TRANSITIONS[current]):
+            if following not in routes:
+                routes[following] = [*routes[current], following]
+                queue.append(following)
+    raise TransitionError(f"no way from {start} to {goal}")
+
+
+def _event(deployment: Deployment, kind: str, message: str) -> None:
+    DeploymentEvent.objects.create(deployment=deployment, kind=kind, message=message)
+
+
+def _reconcile(client: FlyClient, deployment: Deployment, app: FlyApp) -> Outcome:
+    if deployment.desired_state == DesiredState.STOPPED:
+        return _bring_down(client, deployment, app)
+    if deployment.status == Status.FAILED and not _restart_pending(deployment, app):
+        return Outcome()  # stays failed until its owner starts or restarts it
+    try:
+        config = machine_config(deployment)
+        secret_values = app_secrets(deployment)
+    except PackageError as exc:
+        _fail(deployment, app, f"Cannot run on Fly: {exc}")
+        return Outcome()
+    except DecryptionError:
+        _fail(deployment, app, "A credential cannot be decrypted; set it again.")
+        return Outcome()
+    if not _ensure_app(client, deployment, app):
+        return Outcome(again=STARTING_RECHECK_SECONDS)
+    _ensure_ip(client, app)
+    _ensure_secrets(client, app, secret_values)
+    machine = _ensure_machine(client, deployment, app, config)
+    return _follow(client, deployment, app, machine)
+
+
+def _restart_pending(deployment: Deployment, app: FlyApp) -> bool:
+    requested = deployment.restart_requested_at
+    return requested is not None and requested != app.restart_served_at
+
+
+def _ensure_app(client: FlyClient, deployment: Deployment, app: FlyApp) -> bool:
+    """The app exists (created, adopted, or created again after it vanished)."""
+    if app.app_created:
+        if client.get_app(app.name) is not None:
+            return True
+        message = (
+            f"The Fly app {app.name} no longer exists (it was deleted outside Catwalk); "
+            "creating it again."
+        )
+        _event(deployment, EventKind.ERROR, message)
+        _restart_status(deployment, message)
+        _save(
+            app,
+            app_created=False,
+            ip_allocated=False,
+            machine_id="",
+            config_digest="",
+            secrets_digest="",
+            secret_names=[],
+            secrets_version=None,
+        )
+    try:
+        client.create_app(app.name, settings.FLY_ORG, network=app.name)
+    except FlyError as exc:
+        if exc.status != 422 or exc.code != "name_taken":
+            raise
+        found = client.get_app(app.name)
+        org = ((found or {}).get("organization") or {}).get("slug")
+        if found is None or (org and org != settings.FLY_ORG):
+            # Taken by someone else on Fly: take another name and create that next time.
+            _save(app, name=app_name_for(deployment.id, secrets.token_hex(3)))
+            return False
+        # Ours: an earlier create whose answer was lost.
+    _save(app, app_created=True)
+    if deployment.status in (Status.PENDING, Status.STOPPED, Status.CRASHED, Status.FAILED):
+        _move(deployment, Status.STARTING, f"Creating its Fly machine (app {app.name}).")
+    return True
+
+
+def _restart_status(deployment: Deployment, detail: str) -> None:
+    if deployment.status != Status.STARTING:
+        _move(deployment, Status.STARTING, detail)
+
+
+def _ensure_ip(client: FlyClient, app: FlyApp) -> None:
+    if app.ip_allocated:
+        return
+    if not any(ip.get("type") == "private_v6" for ip in client.list_ips(app.name)):
+        client.allocate_private_ip(app.name, settings.FLY_PLATFORM_NETWORK)
+    _save(app, ip_allocated=True)
+
+
+def _ensure_secrets(client: FlyClient, app: FlyApp, values: dict[str, str]) -> None:
+    digest = _digest(values)
+    if digest == app.secrets_digest:
+        return
+    changes: dict[str, str | None] = dict(values)
+    for name in app.secret_names:
+        if name not in values:
+            changes[name] = None  # a removed credential
+    version = client.set_secrets(app.name, changes)
+    _save(app, secrets_digest=digest, secret_names=sorted(values), secrets_version=version)
+
+
+def _ensure_machine(client: FlyClient, deployment: Deployment, app: FlyApp, config: dict) -> dict:
+    """The deployment's machine, created, adopted or reconfigured as needed."""
+    digest = _digest({"config": config, "secrets": app.secrets_digest})
+    machine = client.get_machine(app.name, app.machine_id) if app.machine_id else None
+    if app.machine_id and (machine is None or machine.get("state") in GONE_STATES):
+        message = f"Its Fly machine {app.machine_id} is gone; creating another."
+        _event(deployment, EventKind.ERROR, message)
+        _restart_status(deployment, message)
+        _save(app, machine_id="", config_digest="")
+        machine = None
+    if machine is None:
+        machine = _adopt(client, deployment, app)
+    if machine is None:
+        machine = _create(client, deployment, app, config)
+        _save(
+            app,
+            machine_id=machine["id"],
+            config_digest=digest,
+            restart_served_at=deployment.restart_requested_at,
+            start_deadline=_deadline(),
+        )
+        return machine
+    if digest != app.config_digest or _restart_pending(deployment, app):
+        # An update replaces the machine's config (and secrets) and restarts it.
+        machine = client.update_machine(app.name, machine["id"], _create_body(app, config))
+        _restart_status(deployment, "Restarting its Fly machine with the new configuration.")
+        _save(
+            app,
+            config_digest=digest,
+            restart_served_at=deployment.restart_requested_at,
+            start_deadline=_deadline(),
+        )
+    return machine
+
+
+def _deadline():
+    return timezone.now() + timedelta(seconds=settings.FLY_START_TIMEOUT_SECONDS)
+
+
+def _create_body(app: FlyApp, config: dict) -> dict:
+    body = {"name": f"{app.name}-1"[:63], "config": config}
+    if settings.FLY_REGION:
+        body["region"] = settings.FLY_REGION
+    if app.secrets_version is not None:
+        body["min_secrets_version"] = app.secrets_version
+    return body
+
+
+def _adopt(client: FlyClient, deployment: Deployment, app: FlyApp) -> dict | None:
+    """A machine tagged with this deployment that an earlier create left; extras destroyed."""
+    found = [
+        m
+        for m in client.list_machines(app.name, {METADATA_KEY: str(deployment.id)})
+        if m.get("state") not in GONE_STATES
+    ]
+    if not found:
+        return None
+    found.sort(key=lambda m: str(m.get("created_at", "")))
+    keep, *extra = found
+    for machine in extra:
+        client.delete_machine(app.name, machine["id"])
+    _save(app, machine_id=keep["id"], start_deadline=app.start_deadline or _deadline())
+    return keep
+
+
+def _create(client: FlyClient, deployment: Deployment, app: FlyApp, config: dict) -> dict:
+    body = _create_body(app, config)
+    try:
+        return client.create_machine(app.name, body)
+    except FlyError as exc:
+        if not exc.ambiguous:
+            raise
+        # The machine may exist although the answer was lost: adopt it rather than create a
+        # second one; if it does not, the next run creates it.
+        adopted = _adopt(client, deployment, app)
+        if adopted is None:
+            raise
+        return adopted
+
+
+def _follow(client: FlyClient, deployment: Deployment, app: FlyApp, machine: dict) -> Outcome:
+    """Bring the deployment's status in line with the machine's state."""
+    state = machine.get("state", "")
+    if state in FAILED_STATES:
+        _fail(deployment, app, f"Its Fly machine failed: {_reason(client, app, machine)}")
+        return Outcome()
+    if state in DOWN_STATES:
+        crashed = _crash(machine)
+        if crashed:
+            _move(deployment, Status.CRASHED, crashed)
+            return Outcome()
+        if deployment.status == Status.RUNNING:
+            _move(deployment, Status.SLEEPING, "Stopped by Fly after a while without requests.")
+            return Outcome()
+        if deployment.status == Status.SLEEPING:
+            return Outcome()
+        client.start_machine(app.name, machine["id"])
+        return Outcome(again=STARTING_RECHECK_SECONDS)
+    if state in UP_STATES:
+        if deployment.status == Status.SLEEPING:
+            _move(deployment, Status.STARTING, "Woken by a request.")
+        if deployment.status == Status.RUNNING and _checks_pass(machine):
+            # Nothing is sent through the proxy here: a request would keep an idle machine
+            # from being stopped.
+            return Outcome()
+        health = _bridge_health(deployment)
+        if health is not None and health.get("status") == "crashed":
+            _fail(deployment, app, crash_reason(health))
+            return Outcome()
+        if deployment.status == Status.RUNNING:
+            return Outcome()
+        if health is None or health.get("status") in ("starting", "restarting"):
+            why = "the bridge does not answer" if health is None else "the server is starting"
+            return _still_starting(client, deployment, app, machine, why)
+        try:
+            tools = list_tools(FlyRuntime().endpoint(deployment), timeout=PROBE_TIMEOUT_SECONDS)
+        except ProbeError as exc:
+            return _still_starting(client, deployment, app, machine, str(exc))
+        _save(app, start_deadline=None)
+        _move(deployment, Status.RUNNING, f"Running on Fly ({len(tools)} tools).")
+        return Outcome()
+    return _still_starting(client, deployment, app, machine, f"machine {state or 'unknown'}")
+
+
+def _checks_pass(machine: dict) -> bool:
+    """Fly's checks of the machine (the bridge's /healthz) are not failing."""
+    checks = machine.get("checks") or []
+    return not any(
+        isinstance(check, dict) and check.get("status") == "critical" for check in checks
+    )
+
+
+def _bridge_health(deployment: Deployment) -> dict | None:
+    """The bridge's own account of its server (`/healthz`), through Fly's proxy."""
+    try:
+        with FlyRuntime().endpoint(deployment).client(PROBE_TIMEOUT_SECONDS) as http:
+            response = http.get("/healthz")
+        health = response.json() if response.status_code in (200, 503) else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return health if isinstance(health, dict) else None
+
+
+def _still_starting(
+    client: FlyClient, deployment: Deployment, app: FlyApp, machine: dict, why: str
+) -> Outcome:
+    if app.start_deadline is None:
+        _save(app, start_deadline=_deadline())
+    elif timezone.now() >= app.start_deadline:
+        reason = _reason(client, app, machine)
+        _fail(
+            deployment,
+            app,
+            f"Its Fly machine did not become ready within {settings.FLY_START_TIMEOUT_SECONDS} s "
+            f"(state {machine.get('state', 'unknown')}; {reason}; last check: {why}).",
+        )
+        return Outcome()
+    if deployment.status != Status.STARTING:
+        _move(deployment, Status.STARTING, "Its Fly machine is starting.")
+    return Outcome(again=STARTING_RECHECK_SECONDS)
+
+
+def _fail(deployment: Deployment, app: FlyApp, detail: str) -> None:
+    _save(app, start_deadline=None)
+    _move(deployment, Status.FAILED, detail)
+
+
+def _crash(machine: dict) -> str:
+    """Why a stopped machine counts as crashed (its server kept exiting), or ""."""
+    for event in iter_events(machine):
+        if event.get("type") != "exit":
+            continue
+        exit_event = ((event.get("request") or {}).get("exit_event")) or {}
+        if exit_event.get("requested_stop"):
+            return ""
+        code = exit_event.get("exit_code")
+        if exit_event.get("oom_killed"):
+            return "Its Fly machine ran out of memory and stopped."
+        if isinstance(code, int) and code != 0:
+            return f"Its Fly machine kept exiting (status {code}) and Fly stopped restarting it."
+        return ""
+    return ""
+
+
+def _reason(client: FlyClient, app: FlyApp, machine: dict) -> str:
+    """Fly's own account of a machine: its latest lifecycle events."""
+    events = list(iter_events(machine))
+    if not events and machine.get("id"):
+        try:
+            events = client.machine_events(app.name, machine["id"])
+        except FlyError:
+            events = []
+    described = []
+    for event in events[:3]:
+        words = [str(event.get("type", "")), str(event.get("status", ""))]
+        exit_event = ((event.get("request") or {}).get("exit_event")) or {}
+        if "exit_code" in exit_event:
+            words.append(f"exit code {exit_event['exit_code']}")
+        request = event.get("request") or {}
+        message = request.get("message") or request.get("reason") or event.get("message")
+        if message:
+            words.append(str(message))
+        described.append(" ".join(w for w in words if w))
+    return "; ".join(described) or "Fly reported no events"
+
+
+def _bring_down(client: FlyClient, deployment: Deployment, app: FlyApp) -> Outcome:
+    machine = None
+    if app.machine_id and app.app_created:
+        machine = client.get_machine(app.name, app.machine_id)
+    state = (machine or {}).get("state", "")
+    if machine is not None and state not in DOWN_STATES | GONE_STATES | FAILED_STATES:
+        if deployment.status != Status.STOPPING:
+            _move(deployment, Status.STOPPING, "Stopping its Fly machine.")
+        if state != "stopping":
+            client.stop_machine(app.name, app.machine_id)
+        return Outcome(again=STARTING_RECHECK_SECONDS)
+    if deployment.status != Status.STOPPED:
+        _move(deployment, Status.STOPPED, "Stopped by its owner.")
+    _save(app, start_deadline=None)
+    return Outcome()
+
+
+def _tear_down(client: FlyClient, app: FlyApp) -> Outcome:
+    """Destroy the machine and the app of a deleted deployment, then forget them."""
+    if app.app_created or app.machine_id:
+        for machine in client.list_machines(app.name):
+            client.delete_machine(app.name, machine["id"])
+        client.delete_app(app.name)
+    FlyApp.objects.filter(pk=app.pk).delete()
+    app.pk = None
+    return Outcome()

@@ -1,0 +1,111 @@
+"""The Fly runtime's pieces that need no Fly: what a machine is configured with, which runtime
+is offered when, and the status paths its reconciler takes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from catwalk.testing import make_credential, make_deployment
+from deployments import services
+from deployments.models import TRANSITIONS, Deployment, Status
+from deployments.runtimes import fly
+from deployments.runtimes.base import available_runtimes, bridge_secret
+
+SECRET_VALUE = "sk-live-fly-config-test-0123456789"
+
+
+@pytest.fixture
+def fly_configured(settings):
+    settings.FLY_API_TOKEN = "fly-test-token"
+    settings.FLY_ORG = "acme"
+    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
+    settings.FLY_REGION = "ams"
+    return settings
+
+
+def test_fly_is_offered_only_once_token_org_and_image_are_set(settings, fly_configured):
+    assert available_runtimes() == ["local", "fly"]
+    settings.FLY_RUNNER_IMAGE = ""
+    assert available_runtimes() == ["local"]
+
+
+def test_the_machine_config_names_the_runner_and_holds_no_secret(db, owner, fly_configured):
+    deployment = make_deployment(owner, runtime="fly")
+    make_credential(deployment, "API_KEY", SECRET_VALUE)
+
+    config = fly.machine_config(deployment)
+
+    assert SECRET_VALUE not in json.dumps(config)
+    assert bridge_secret(deployment.id) not in json.dumps(config)
+    assert config["image"] == "registry.fly.io/catwalk-runner:test"
+    assert json.loads(config["env"]["CATWALK_SERVER_COMMAND"]) == [
+        "npx",
+        "-y",
+        "--",
+        "@modelcontextprotocol/server-everything@2026.1.26",
+    ]
+    (service,) = config["services"]
+    assert service["internal_port"] == fly.RUNNER_PORT
+    assert service["autostart"] is True and service["autostop"] == "stop"
+    assert service["min_machines_running"] == 0
+    assert config["checks"]["bridge"]["path"] == "/healthz"
+    assert config["metadata"] == {fly.METADATA_KEY: str(deployment.id)}
+    assert config["guest"]["memory_mb"] % 256 == 0
+
+
+def test_secrets_carry_the_relay_secret_and_each_credential_under_a_prefix(
+    db, owner, fly_configured
+):
+    deployment = make_deployment(owner, runtime="fly")
+    make_credential(deployment, "API_KEY", SECRET_VALUE)
+
+    assert fly.app_secrets(deployment) == {
+        "CATWALK_BRIDGE_SECRET": bridge_secret(deployment.id),
+        "CATWALK_ENV_API_KEY": SECRET_VALUE,
+    }
+
+
+def test_app_names_are_valid_fly_names_unique_to_the_deployment(db, owner):
+    deployment = make_deployment(owner)
+    name = fly.app_name_for(deployment.id)
+    assert len(name) <= 63 and name == name.lower() and deployment.id.hex in name
+    assert fly.app_name_for(deployment.id, "a1b2c3").endswith("-a1b2c3")
+
+
+@pytest.mark.parametrize("start", list(TRANSITIONS))
+@pytest.mark.parametrize("goal", [Status.RUNNING, Status.FAILED, Status.STOPPED, Status.SLEEPING])
+def test_every_status_reaches_the_reconcilers_goals_by_allowed_steps(start, goal):
+    if start == goal:
+        assert fly._path(start, goal) == [goal]
+        return
+    path = fly._path(start, goal)
+    assert path[-1] == goal
+    for before, after in zip([start, *path], path, strict=False):
+        assert after in TRANSITIONS[before]
+
+
+def test_a_fly_deployment_is_refused_while_fly_is_not_configured(db, owner):
+    package = services.PackageSpec("npm", "@modelcontextprotocol/server-everything")
+    with pytest.raises(services.DeploymentError, match="fly runtime is not available"):
+        services.create_deployment(owner, package, runtime="fly", issued_to="test")
+    assert not Deployment.objects.exists()
+
+
+def test_packages_fly_cannot_run_yet_are_refused_with_the_reason(db, owner, fly_configured):
+    package = services.PackageSpec("oci", "ghcr.io/acme/server", "1.0")
+    with pytest.raises(services.DeploymentError, match="OCI image packages cannot run on"):
+        services.create_deployment(owner, package, runtime="fly", issued_to="test")
+    assert not Deployment.objects.exists()
+
+
+def test_a_platform_without_a_supervisor_offers_only_fly(settings, fly_configured):
+    settings.LOCAL_RUNTIME_ENABLED = False
+    assert available_runtimes() == ["fly"]
+
+    from deployments.forms import DeployForm
+
+    form = DeployForm(prefix="deployment")
+    assert [kind for kind, _ in form.fields["runtime"].choices] == ["fly"]
+    assert form.fields["runtime"].initial == "fly"
