@@ -444,6 +444,14 @@ FLY_START_TIMEOUT_SECONDS = config.read_int("FLY_START_TIMEOUT_SECONDS", 300, mi
 # Retries of a Fly API call answered 408/429/5xx (exponential backoff from this first delay).
 FLY_API_RETRIES = config.read_int("FLY_API_RETRIES", 5)
 FLY_API_BACKOFF_SECONDS = float(config.read("FLY_API_BACKOFF_SECONDS", "0.5"))
+# Run untrusted work of the platform (an analysis's introspection, a draft's preflight) in
+# short-lived Fly machines instead of this host's sandbox: for Catwalk itself running on Fly,
+# whose web and worker machines never execute a package's code.
+FLY_JOBS = config.read_bool("FLY_JOBS", default=False)
+if FLY_JOBS and not (FLY_API_TOKEN and FLY_ORG and FLY_RUNNER_IMAGE):
+    raise config.SettingError(
+        "FLY_JOBS", "needs the Fly runtime configured (FLY_API_TOKEN, FLY_ORG, FLY_RUNNER_IMAGE)"
+    )
 # How often every Fly deployment is compared with what Fly reports (drift, autostop).
 FLY_RECONCILE_SECONDS = config.read_int("FLY_RECONCILE_SECONDS", 60, minimum=5)
 

@@ -220,6 +220,13 @@ def run_build(build: SourceBuild, recipe: Recipe, github_token: str = "") -> Non
     log_path(build).touch(mode=0o644)
     owner, _, name = build.repository.partition("/")
     try:
+        if settings.FLY_JOBS:
+            # Nothing of a repository's runs on the platform's own machines, and builds do not
+            # run in Fly machines yet.
+            raise BuildFailed(
+                "Builds from source do not run on this Catwalk: it runs untrusted code only in "
+                "Fly machines (FLY_JOBS), and builds there are not supported yet."
+            )
         with GitHubClient(RepoRef(owner, name), user_token=github_token or None) as client:
             client.download(build.commit_sha, app_folder(build))
         _log(build, f"Fetched {build.repository} at {build.commit_sha}.")

@@ -11,27 +11,33 @@ environment that holds nothing of Catwalk's own. Whatever the server does, the o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
+import httpx2
 from django.conf import settings
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, Implementation, PaginatedRequestParams
 from pydantic import BaseModel
 
 from analysis.findings import EXECUTABLE_NAME
 from deployments.models import Deployment
-from deployments.runtimes import sandbox
-from deployments.runtimes.base import package_command
+from deployments.runtimes import fly, sandbox
+from deployments.runtimes.base import Endpoint, package_command
+from deployments.runtimes.fly_api import FlyError
 from deployments.runtimes.local import (
     SANDBOX_BINDS,
     cache_root,
@@ -169,6 +175,10 @@ def introspect_package(
     seconds. Blocks; call it from synchronous code (any thread), not from an event loop.
     Raises PackageError for an invalid package, name, version or entry.
     """
+    if settings.FLY_JOBS:
+        # The runner image has npx and uvx on its PATH.
+        command = package_command(registry, identifier, version, entry, arguments)
+        return _introspect_on_fly(command, dict(environment or {}), secret_names, timeout)
     command = package_command(
         registry,
         identifier,
@@ -226,8 +236,49 @@ def introspect_package(
         )
         stderr_path = folder / "stderr.log"
         with open(stderr_path, "w", encoding="utf-8") as errlog:
-            result = anyio.run(partial(_converse, server, errlog, timeout))
+            connect = partial(stdio_client, server, errlog=errlog)
+            result = anyio.run(partial(_converse, connect, timeout))
         stderr = tail_lines(stderr_path, DIAGNOSIS_LINES)
+    return _diagnose(result, stderr, given, secret_names)
+
+
+def _introspect_on_fly(
+    command: list[str], given: dict[str, str], secret_names: Collection[str], timeout: float
+) -> IntrospectionResult:
+    """`introspect_package` in a short-lived Fly machine (`FLY_JOBS`): the worker runs nothing
+    of the package's. Its stderr comes from Fly's logs."""
+    started = time.monotonic()
+    stderr: list[str] = []
+    try:
+        with fly.job_machine(command, given, timeout) as job:
+            remaining = max(timeout - (time.monotonic() - started), 1.0)
+            connect = partial(_http_streams, job.endpoint)
+            result = anyio.run(partial(_converse, connect, remaining))
+            stderr = job.server_log()[-DIAGNOSIS_LINES:]
+    except (fly.JobError, FlyError) as exc:
+        result = IntrospectionResult(
+            ok=False, error=f"The server could not be started on Fly: {exc}"
+        )
+    return _diagnose(result, stderr, given, secret_names)
+
+
+@contextlib.asynccontextmanager
+async def _http_streams(endpoint: Endpoint):
+    """The MCP SDK's Streamable HTTP transport to a bridge, as the (read, write) pair."""
+    async with (
+        httpx2.AsyncClient(headers=endpoint.headers, timeout=httpx2.Timeout(30, read=120)) as http,
+        streamable_http_client(f"{endpoint.base_url}/mcp", http_client=http) as streams,
+    ):
+        yield streams
+
+
+def _diagnose(
+    result: IntrospectionResult,
+    stderr: list[str],
+    given: Mapping[str, str],
+    secret_names: Collection[str],
+) -> IntrospectionResult:
+    """Redact secrets from what the server said, and tell whether it wants credentials."""
     secrets = {name: given[name] for name in secret_names if given.get(name)}
     stderr = [_redact(line, secrets)[:MAX_STDERR_LINE_CHARS] for line in stderr]
     result.error = _redact(result.error, secrets)
@@ -270,17 +321,19 @@ def preflight(deployment: Deployment, timeout: float = 120.0) -> IntrospectionRe
 
 
 async def _converse(
-    server: StdioServerParameters, errlog: TextIO, timeout: float
+    connect: Callable[[], AbstractAsyncContextManager], timeout: float
 ) -> IntrospectionResult:
-    """Initialize, then list whatever the server announced; the SDK stops the process tree
-    (stdin closed, then SIGTERM to its process group, which the sandbox launcher forwards,
-    then SIGKILL), even on timeout."""
+    """Initialize, then list whatever the server announced, over the streams `connect` opens.
+
+    Over stdio the SDK stops the process tree as the transport closes (stdin closed, then
+    SIGTERM to its process group, which the sandbox launcher forwards, then SIGKILL), even on
+    timeout."""
     result = IntrospectionResult(ok=False)
     step = "start"
     try:
         with anyio.fail_after(timeout):
             async with (
-                stdio_client(server, errlog=errlog) as (read, write),
+                connect() as (read, write),
                 ClientSession(read, write, client_info=CLIENT_INFO) as session,
             ):
                 step = "initialize"

@@ -24,11 +24,13 @@ deployment's `FlyApp` row so runs never overlap, and is idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -637,3 +639,111 @@ def _tear_down(client: FlyClient, app: FlyApp) -> Outcome:
     FlyApp.objects.filter(pk=app.pk).delete()
     app.pk = None
     return Outcome()
+
+
+# --- short-lived machines for untrusted work of the platform ---------------------------------
+
+JOB_READY_POLL_SECONDS = 0.5
+# Lines the runner and the bridge write about themselves, not the server's.
+OWN_LOG_PREFIXES = ("catwalk-bridge", "catwalk-runner:")
+
+
+@dataclass
+class JobMachine:
+    """A running job machine: where its bridge answers, and its app (for its logs)."""
+
+    app: str
+    endpoint: Endpoint
+    client: FlyClient
+
+    def server_log(self) -> list[str]:
+        """What the server wrote to stderr (the runner's and bridge's own lines left out)."""
+        try:
+            lines, _ = self.client.logs(self.app)
+        except FlyError:
+            return []
+        return [line.message for line in lines if not line.message.startswith(OWN_LOG_PREFIXES)]
+
+
+class JobError(Exception):
+    """A job machine could not be made ready; the message says why."""
+
+
+@contextlib.contextmanager
+def job_machine(command: list[str], environment: dict[str, str], timeout: float):
+    """Run `command` (an MCP server) in a machine of its own until the block ends.
+
+    When Catwalk itself runs on Fly (`FLY_JOBS`), an analysis's introspection and a draft's
+    preflight run the server here rather than on the worker: a throwaway app on a network of
+    its own (`FLY_APP_PREFIX-job-<random>`), `environment` as its secrets, the runner image,
+    no restarts, reached through Fly's proxy with a secret made for this job alone. The app,
+    and with it the machine, is destroyed when the block ends, however it ends. Yields a
+    `JobMachine` whose bridge answers; raises JobError (or FlyError) when none comes up in
+    `timeout` seconds.
+    """
+    deadline = timezone.now() + timedelta(seconds=timeout)
+    name = f"{settings.FLY_APP_PREFIX}-job-{secrets.token_hex(8)}"
+    relay_secret = secrets.token_urlsafe(32)
+    config = {
+        "image": settings.FLY_RUNNER_IMAGE,
+        "env": {
+            "CATWALK_DEPLOYMENT": "job",
+            "CATWALK_SERVER_COMMAND": json.dumps(command),
+            "CATWALK_BRIDGE_MODE": "shared",
+        },
+        "guest": {
+            "cpu_kind": settings.FLY_GUEST_CPU_KIND,
+            "cpus": settings.FLY_GUEST_CPUS,
+            "memory_mb": settings.FLY_GUEST_MEMORY_MB,
+        },
+        "restart": {"policy": "no"},
+        "auto_destroy": True,
+        "metadata": {METADATA_KEY: "job"},
+        "services": [
+            {
+                "protocol": "tcp",
+                "internal_port": RUNNER_PORT,
+                "autostart": True,
+                "autostop": "off",
+                "ports": [{"port": 80, "handlers": ["http"]}],
+            }
+        ],
+    }
+    with FlyClient() as client:
+        created = False
+        try:
+            client.create_app(name, settings.FLY_ORG, network=name)
+            created = True
+            client.allocate_private_ip(name, settings.FLY_PLATFORM_NETWORK)
+            values = {SECRET_NAME: relay_secret}
+            values.update({f"{CREDENTIAL_PREFIX}{k}": v for k, v in environment.items()})
+            version = client.set_secrets(name, values)
+            body = {"name": f"{name}-1", "config": config, "min_secrets_version": version}
+            if settings.FLY_REGION:
+                body["region"] = settings.FLY_REGION
+            client.create_machine(name, body)
+            endpoint = Endpoint(base_url=relay_url(name), headers={SECRET_HEADER: relay_secret})
+            _wait_for_bridge(endpoint, deadline)
+            yield JobMachine(app=name, endpoint=endpoint, client=client)
+        finally:
+            if created:
+                try:
+                    client.delete_app(name)
+                except FlyError as exc:
+                    logger.warning("fly job app %s was not deleted: %s", name, exc)
+
+
+def _wait_for_bridge(endpoint: Endpoint, deadline) -> None:
+    """Until the job's bridge answers /healthz through the proxy (which starts the machine)."""
+    last = "no answer yet"
+    with endpoint.client(PROBE_TIMEOUT_SECONDS) as http:
+        while timezone.now() < deadline:
+            try:
+                response = http.get("/healthz")
+                if response.status_code == 200:
+                    return
+                last = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                last = str(exc) or type(exc).__name__
+            time.sleep(JOB_READY_POLL_SECONDS)
+    raise JobError(f"the job machine was not ready in time ({last})")
