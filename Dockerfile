@@ -31,14 +31,16 @@ RUN grep -E '^(uv|uvicorn|uvloop|httptools)==' /tmp/requirements.txt > /tmp/runn
     && rm /tmp/requirements.txt /tmp/runner-requirements.txt \
     && uvx --version
 # The warm package caches, layered read-only under each sandboxed server's own. Packages named
-# in these build arguments are downloaded now (no install scripts run, no builds), so a
-# deployment's image can start its server without fetching it.
+# in these build arguments are downloaded now with all their dependencies (no install scripts
+# run, no builds), so a machine starts their servers without fetching them (docs/benchmarks.md,
+# "Fly runner start").
 ARG WARM_NPM_PACKAGES=""
 ARG WARM_PYPI_PACKAGES=""
 RUN cache=/var/lib/catwalk-runner/cache \
     && mkdir -p "$cache/npm" "$cache/uv" \
     && for package in $WARM_NPM_PACKAGES; do \
-         npm_config_cache="$cache/npm" npm cache add "$package" || exit 1; \
+         npm_config_cache="$cache/npm" npm_config_ignore_scripts=true \
+           npm exec --yes --package="$package" -- true || exit 1; \
        done \
     && for package in $WARM_PYPI_PACKAGES; do \
          UV_CACHE_DIR="$cache/uv" uv pip install --no-build --quiet --target /tmp/warm \

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import analysis_static, pages, peers, report, sandbox_start, source_build
+from bench import analysis_static, fly_start, pages, peers, report, sandbox_start, source_build
 from bench.load import LoadResult, run_stdio_load, run_wrk
 from bench.proctree import (
     ServerProcess,
@@ -53,7 +53,7 @@ from bench.wire import HttpSession, StdioSession, open_http_session
 RESULTS_DIR = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
 # Parts of a run, each with its own section of the docs page; --only narrows a run to one.
-SECTIONS = ("relay", "sandbox", "analysis", "builds", "pages")
+SECTIONS = ("relay", "sandbox", "analysis", "builds", "pages", "fly")
 START_TIMEOUT_S = 60.0
 
 
@@ -343,6 +343,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="starts timed with and without the sandbox; 0 skips that part (default 15)",
     )
     parser.add_argument(
+        "--fly-starts",
+        type=int,
+        default=int(env("BENCH_FLY_STARTS", "5")),
+        help="Fly runner starts timed per server (the first with downloads); 0 skips (default 5)",
+    )
+    parser.add_argument(
         "--analysis-repeats",
         type=int,
         default=int(env("BENCH_ANALYSIS_REPEATS", str(analysis_static.REPEATS))),
@@ -480,18 +486,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  web pages: FAILED {page}: {failure}")
             pages_failed = bool(timed_pages.failures)
 
+    fly_cases, fly_failed = None, False
+    if args.fly_starts and "fly" in sections:
+        if fly_start.unavailable():
+            print(f"fly runner start: skipped ({fly_start.unavailable()})")
+        else:
+            print("fly runner start: measuring (npx downloads from npm)…", flush=True)
+            try:
+                fly_cases = fly_start.measure(args.fly_starts)
+            except Exception as exc:  # the other sections' numbers still get reported
+                print(f"  fly runner start: FAILED {type(exc).__name__}: {exc}")
+                fly_failed = True
+
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     context = report.collect_context(settings, command=command, started=started)
     markdown = report.render(results, context) if "relay" in sections else None
     analysis_markdown = analysis_static.render(analysis, context) if analysis else None
     builds_markdown = source_build.render(built, context) if built else None
     pages_markdown = pages.render(timed_pages, context) if timed_pages else None
+    fly_markdown = fly_start.render(fly_cases, context, args.fly_starts) if fly_cases else None
     sections_markdown = (
         markdown,
         sandbox_markdown,
         analysis_markdown,
         builds_markdown,
         pages_markdown,
+        fly_markdown,
     )
     for section in sections_markdown:
         if section:
@@ -507,6 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "analysis": [row.as_dict() for row in analysis.rows] if analysis else None,
                 "builds": [row.as_dict() for row in built] if built else None,
                 "pages": timed_pages.as_dict() if timed_pages else None,
+                "fly": [case.as_dict() for case in fly_cases] if fly_cases else None,
             },
             indent=2,
         )
@@ -517,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         and not analysis_failed
         and not builds_failed
         and not pages_failed
+        and not fly_failed
     )
     if not args.no_docs:
         if all_valid:
@@ -530,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 source_build.update_docs(args.docs, builds_markdown)
             if pages_markdown:
                 pages.update_docs(args.docs, pages_markdown)
+            if fly_markdown:
+                fly_start.update_docs(args.docs, fly_markdown)
             print(f"updated {args.docs}")
         else:
             print(f"not updating {args.docs}: the run has errors and is invalid")

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import peers, report, sandbox_start
+from bench import fly_start, peers, report, sandbox_start
 from bench.proctree import ServerProcess, tree_cpu_seconds
 from bench.wire import ProtocolError, is_echo_result, messages_from_body
 
@@ -40,6 +40,7 @@ def run_harness(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
             "--analysis-repeats=0",
             "--cached-builds=0",
             "--page-requests=0",
+            "--fly-starts=0",
             *args,
         ],
         cwd=REPO,
@@ -194,3 +195,24 @@ def test_sandbox_start_is_measured_and_published_in_its_own_section(tmp_path):
         median = float(row.split("|")[2])
         assert median > 0
     assert "The sandbox adds" in section
+
+
+@pytest.mark.slow
+def test_the_fly_runner_start_is_measured_and_published_in_its_own_section(tmp_path):
+    reason = fly_start.unavailable()
+    if reason:
+        pytest.skip(f"the runner's sandbox cannot run here: {reason}")
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(
+        DOCS_TEMPLATE + f"\n{fly_start.BEGIN_MARKER}\nSTALE TABLE\n{fly_start.END_MARKER}\n"
+    )
+
+    completed, raw = run_harness(tmp_path, f"--docs={docs}", "--only=fly", "--fly-starts=1")
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    section = docs.read_text().split(fly_start.BEGIN_MARKER)[1]
+    assert "STALE TABLE" not in section
+    for case in raw["fly"]:
+        assert len(case["wall_ms"]) == 1 and case["wall_ms"][0] > 0
+        row = next(line for line in section.splitlines() if line.startswith(f"| {case['label']} |"))
+        assert int(row.split("|")[-2]) > 0  # the server listed its tools
