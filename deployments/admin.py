@@ -20,6 +20,7 @@ from deployments.models import (
     Credential,
     Deployment,
     DeploymentEvent,
+    FlyApp,
     GitHubToken,
     ToolCall,
 )
@@ -227,6 +228,26 @@ class DeploymentEventAdmin(OwnedAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(FlyApp)
+class FlyAppAdmin(OwnedAdmin):
+    """What the Fly runtime made on Fly for each deployment; the reconciler alone changes it.
+    A row without a deployment is a deleted one whose app is still being torn down."""
+
+    list_display = ["name", "deployment", "machine_id", "secrets_version", "updated_at"]
+    search_fields = ["name", "machine_id", "deployment__name"]
+    list_select_related = ["deployment"]
+    exclude = ["config_digest", "secrets_digest", "lease_until"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 

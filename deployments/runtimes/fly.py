@@ -259,10 +259,11 @@ def _locked(app: FlyApp, work) -> Outcome:
             try:
                 outcome = work(client)
             except FlyError as exc:
-                # Fly kept failing after the client's retries: try again on a later run.
+                # Fly kept failing after the client's retries: the scheduled reconcile
+                # (every FLY_RECONCILE_SECONDS) tries again; no chain of retries piles up.
                 logger.warning("fly reconcile of %s: %s", app.name, exc)
                 FlyApp.objects.filter(pk=app.pk).update(last_error=str(exc)[:2000])
-                return Outcome(again=30.0)
+                return Outcome()
         if app.pk is not None and app.last_error:
             FlyApp.objects.filter(pk=app.pk).update(last_error="")
         return outcome

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from catwalk.testing import make_analysis, make_credential, make_deployment, make_token, make_user
-from deployments.models import AccessToken, Credential, hash_token
+from deployments.models import AccessToken, Credential, FlyApp, hash_token
 
 pytestmark = pytest.mark.django_db
 SECRET = "plaintext-admin-canary-1234"
@@ -23,6 +23,7 @@ LISTS = [
     "/admin/deployments/accesstoken/",
     "/admin/deployments/toolcall/",
     "/admin/deployments/deploymentevent/",
+    "/admin/deployments/flyapp/",
     "/admin/analysis/analysis/",
     "/admin/analysis/repository/",
 ]
@@ -46,11 +47,13 @@ def world(owner, stranger):
     make_token(mine, "owners-token")
     mine.move_to("starting", "owners-event")
     make_analysis(owner, owner="owner-org", name="owners-repo")
+    FlyApp.objects.create(deployment=mine, deployment_key=mine.id, name="owners-fly-app")
     theirs = make_deployment(stranger, "strangers-server")
     make_credential(theirs, "STRANGERS_KEY", "x")
     make_token(theirs, "strangers-token")
     theirs.move_to("starting", "strangers-event")
     make_analysis(stranger, owner="stranger-org", name="strangers-repo")
+    FlyApp.objects.create(deployment=theirs, deployment_key=theirs.id, name="strangers-fly-app")
     return mine, theirs
 
 

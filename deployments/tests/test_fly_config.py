@@ -9,7 +9,7 @@ import pytest
 
 from catwalk.testing import make_credential, make_deployment
 from deployments import services
-from deployments.models import TRANSITIONS, Deployment, Status
+from deployments.models import TRANSITIONS, Deployment, FlyApp, Status
 from deployments.runtimes import fly
 from deployments.runtimes.base import available_runtimes, bridge_secret
 
@@ -109,3 +109,15 @@ def test_a_platform_without_a_supervisor_offers_only_fly(settings, fly_configure
     form = DeployForm(prefix="deployment")
     assert [kind for kind, _ in form.fields["runtime"].choices] == ["fly"]
     assert form.fields["runtime"].initial == "fly"
+
+
+def test_the_deployment_page_names_its_fly_app(owner, owner_client, fly_configured):
+    deployment = make_deployment(owner, runtime="fly")
+    FlyApp.objects.create(
+        deployment=deployment, deployment_key=deployment.id, name=fly.app_name_for(deployment.id)
+    )
+
+    page = owner_client.get(f"/deployments/{deployment.pk}/").content.decode()
+
+    assert "Fly.io Machines" in page
+    assert fly.app_name_for(deployment.id) in page
