@@ -42,6 +42,7 @@ from oauthlib.oauth2 import OAuth2Error
 
 from deployments.models import Deployment, DesiredState
 from deployments.playground import PlaygroundError, connect
+from deployments.runtimes.base import initialize_request
 
 CLIENT_NAME = "Catwalk connector doctor"
 # A loopback redirect URI, as a desktop client registers (RFC 8252 §7.3). Nothing listens there:
@@ -50,16 +51,7 @@ REDIRECT_URI = "http://127.0.0.1/callback"
 # Discovery answers at once or not at all; the wake-up of a sleeping server is step 6's business.
 HTTP_TIMEOUT = httpx.Timeout(10, connect=5)
 MAX_TOOLS_NAMED = 5
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "catwalk-connector-doctor", "version": "1"},
-    },
-}
+INITIALIZE = initialize_request("catwalk-connector-doctor")
 CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*"([^"]*)"')
 
 

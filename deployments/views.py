@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -346,18 +347,19 @@ def _forget_extra_lines(form: CredentialForm) -> None:
 def redeploy_deployment(request: HttpRequest, deployment_id) -> HttpResponse:
     """Build the newest commit and switch to it once it answers (source deployments)."""
     deployment = _get_deployment_for_user(request, deployment_id)
-    try:
+
+    def start_building() -> SourceBuild:
         build, mine = redeploy.redeploy(deployment, actor=request.user)
-    except DeploymentError as exc:
-        messages.error(request, str(exc))
-    else:
         if mine:
             tasks.build_source.delay_on_commit(build.pk)
-        messages.success(
-            request,
-            f"Building commit {build.commit_sha[:12]}; it takes over once it answers.",
-        )
-    return redirect("deployment-detail", deployment_id=deployment.pk)
+        return build
+
+    return _act(
+        request,
+        deployment,
+        start_building,
+        lambda build: f"Building commit {build.commit_sha[:12]}; it takes over once it answers.",
+    )
 
 
 @login_required
@@ -365,13 +367,12 @@ def redeploy_deployment(request: HttpRequest, deployment_id) -> HttpResponse:
 def rollback_deployment(request: HttpRequest, deployment_id) -> HttpResponse:
     """Switch back to the version served before the last redeploy."""
     deployment = _get_deployment_for_user(request, deployment_id)
-    try:
-        build = redeploy.rollback(deployment, actor=request.user)
-    except DeploymentError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Rolling back to commit {build.commit_sha[:12]}.")
-    return redirect("deployment-detail", deployment_id=deployment.pk)
+    return _act(
+        request,
+        deployment,
+        partial(redeploy.rollback, deployment, actor=request.user),
+        lambda build: f"Rolling back to commit {build.commit_sha[:12]}.",
+    )
 
 
 @login_required
@@ -416,17 +417,18 @@ def _back_to(deployment: Deployment, anchor: str = "") -> HttpResponse:
 def _act(
     request: HttpRequest,
     deployment: Deployment,
-    action: Callable[[], object],
-    done: str,
+    action: Callable[[], Any],
+    done: str | Callable[[Any], str],
     anchor: str = "",
 ) -> HttpResponse:
-    """Run one action on the deployment; say it is done, or why it was refused, on its page."""
+    """Run one action on the deployment; say it is done (`done`, or `done` of what the action
+    returned), or why it was refused, on its page."""
     try:
-        action()
+        result = action()
     except DeploymentError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, done)
+        messages.success(request, done(result) if callable(done) else done)
     return _back_to(deployment, anchor)
 
 

@@ -265,6 +265,20 @@ _MCP_HEADERS = {
 }
 
 
+def initialize_request(client_name: str, request_id: int = 1) -> dict[str, Any]:
+    """The `initialize` request Catwalk's own clients (probe, connector doctor) open with."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROBE_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": client_name, "version": "1"},
+        },
+    }
+
+
 def list_tools(endpoint: Endpoint, timeout: float = 30.0) -> list[str]:
     """Open an MCP session through the endpoint, list its tools, end the session.
 
@@ -275,16 +289,7 @@ def list_tools(endpoint: Endpoint, timeout: float = 30.0) -> list[str]:
             response = client.post(
                 "/mcp",
                 headers=_MCP_HEADERS,
-                json={
-                    "jsonrpc": "2.0",
-                    "id": 1,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": PROBE_PROTOCOL_VERSION,
-                        "capabilities": {},
-                        "clientInfo": {"name": "catwalk-probe", "version": "1"},
-                    },
-                },
+                json=initialize_request(PROBE_PRINCIPAL),
             )
             _reply(response, 1, "initialize")
             session = {

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
+import httpx
 import httpx2
 import psutil
 import pytest
@@ -39,6 +40,7 @@ from deployments.models import Deployment, Status
 from deployments.runtimes import sandbox
 from deployments.runtimes.base import Endpoint
 from deployments.runtimes.local import LocalRuntime, PidRecord, run_paths
+from mcpgateway.stack import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 90.0
@@ -275,3 +277,41 @@ def mcp_deploy(*args: str) -> dict:
     lines = out.getvalue().splitlines()
     assert len(lines) == 1, lines
     return json.loads(lines[0])
+
+
+@contextlib.contextmanager
+def asgi_server(server: str, env: dict[str, str], **settings: str) -> Iterator[str]:
+    """catwalk.asgi:application under uvicorn or daphne on a free port, with extra `settings`
+    in its environment; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    if server == "daphne":
+        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "catwalk.asgi:application"]
+    else:
+        argv = ["-m", "uvicorn", "catwalk.asgi:application", "--port", str(port)]
+    log_path = Path(env["CATWALK_DATA_DIR"]) / f"{server}-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=REPO_ROOT,
+            env={**env, **settings, "CATWALK_PUBLIC_URL": url},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{server} did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -26,8 +26,7 @@ from oauth2_provider.models import (
 from catwalk.testing import make_deployment
 from deployments.doctor import CLIENT_NAME, Diagnosis, Outcome, diagnose
 from deployments.models import Deployment, DesiredState, Status
-from deployments.tests.conftest import deploy_fixture_server
-from deployments.tests.test_playground import asgi_server
+from deployments.tests.conftest import asgi_server, deploy_fixture_server
 from mcpgateway.stack import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,13 +8,9 @@ view waiting on the gateway in its own process.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import mcp_types as types
@@ -36,7 +32,7 @@ from deployments.models import (
 )
 from deployments.playground import TOKEN_LABEL, present
 from deployments.playground_forms import tool_key
-from deployments.tests.conftest import REPO_ROOT, WAIT_SECONDS, deploy_fixture_server
+from deployments.tests.conftest import asgi_server, deploy_fixture_server
 from mcpgateway.fixture_server import PNG_BASE64
 from mcpgateway.stack import free_port
 
@@ -75,44 +71,6 @@ def wait_for_call(deployment: Deployment, tool: str) -> ToolCall:
             return call.select_related("token").get()
         time.sleep(0.1)
     pytest.fail(f"no tools/call of {tool} was logged")
-
-
-@contextlib.contextmanager
-def asgi_server(server: str, env: dict[str, str], **settings: str) -> Iterator[str]:
-    """catwalk.asgi:application under uvicorn or daphne on a free port, with extra `settings`
-    in its environment; yields its URL."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    if server == "daphne":
-        argv = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "catwalk.asgi:application"]
-    else:
-        argv = ["-m", "uvicorn", "catwalk.asgi:application", "--port", str(port)]
-    log_path = Path(env["CATWALK_DATA_DIR"]) / f"{server}-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, *argv],
-            cwd=REPO_ROOT,
-            env={**env, **settings, "CATWALK_PUBLIC_URL": url},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{server} did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
