@@ -340,7 +340,8 @@ def _pages_for(subject: Subject) -> tuple[list[Page], dict[str, str]]:
         missing = [p for p in parameters if p not in values]
         if not name:
             skipped[route] = "has no name to reverse"
-        elif name.startswith(OAUTH_NAMESPACE):
+        elif name.startswith(OAUTH_NAMESPACE) and "deployment_id" not in parameters:
+            # A deployment's protected-resource metadata is a plain GET, and measured.
             skipped[route] = "an OAuth protocol endpoint: answers a registered client's request"
         elif missing:
             skipped[route] = f"needs {', '.join(missing)}"

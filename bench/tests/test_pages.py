@@ -75,6 +75,9 @@ def test_every_route_of_a_deployment_or_analysis_is_measured_or_said_why_not(mea
     assert routes <= measured | set(measurement.skipped)
     assert "deployments/<uuid:deployment_id>/" in measured
     assert measurement.skipped.get("deployments/<uuid:deployment_id>/redeploy/") == "POST only"
+    # A deployment's OAuth protected-resource metadata is a plain GET: measured, not skipped.
+    assert ".well-known/oauth-protected-resource/mcp/<uuid:deployment_id>" in measured
+    assert "oauth/token/" in measurement.skipped
 
 
 def test_the_database_holds_the_history_the_scale_asks_for(measurement):
