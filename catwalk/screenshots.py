@@ -13,12 +13,17 @@ console error or Content-Security-Policy violation on the way fails the command.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import secrets
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
+import httpx
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from catwalk.tests.browser.harness import (
     DESKTOP,
@@ -141,6 +146,15 @@ class Tour:
         expect(playground.get_by_role("article", name="echo")).to_be_visible()
         self.shoot(page, "deployment")
 
+        doctor = page.get_by_role("region", name="Check connectors")
+        doctor.get_by_role("button", name="Check connectors").click()
+        expect(doctor.get_by_text("Every step passed")).to_be_visible(timeout=60_000)
+        self.shoot_part(doctor, "connector-doctor")
+
+        page.goto(consent_url(self.catwalk.url, endpoint))
+        expect(page.get_by_role("button", name="Approve")).to_be_visible()
+        self.shoot(page, "consent")
+
         page.goto("/")
         expect(page.get_by_role("link", name="py-tools")).to_be_visible()
         self.shoot(page, "dashboard")
@@ -151,6 +165,16 @@ class Tour:
         for visitor in self.visitors:
             visitor.context.close()
         return problems
+
+    def shoot_part(self, part: Locator, name: str) -> None:
+        """One region of a page, at both widths."""
+        for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+            part.page.set_viewport_size(viewport)
+            part.screenshot(
+                path=self.output / f"{name}-{width}.png", animations="disabled", caret="hide"
+            )
+            print(f"{name}-{width}.png", flush=True)
+        part.page.set_viewport_size(DESKTOP)
 
     def shoot(self, page: Page, name: str) -> None:
         for width, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
@@ -167,6 +191,38 @@ class Tour:
             )
             print(f"{name}-{width}.png", flush=True)
         page.set_viewport_size(DESKTOP)
+
+
+def consent_url(site: str, endpoint: str) -> str:
+    """Where an MCP client sends its user to approve it: a client registered as a connector
+    registers (anonymous dynamic registration), with PKCE and the endpoint as the resource."""
+    registered = httpx.post(
+        f"{site}/oauth/register/",
+        json={
+            "client_name": "Claude",
+            "redirect_uris": ["http://127.0.0.1:33418/callback"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        },
+        timeout=30,
+    )
+    registered.raise_for_status()
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": registered.json()["client_id"],
+            "redirect_uri": "http://127.0.0.1:33418/callback",
+            "scope": "mcp",
+            "state": secrets.token_urlsafe(16),
+            "code_challenge": challenge.decode().rstrip("="),
+            "code_challenge_method": "S256",
+            "resource": endpoint,
+        }
+    )
+    return f"/oauth/authorize/?{query}"
 
 
 def use_tools(endpoint: str, token: str, messages: list[str], sums: list[tuple[int, int]]) -> None:

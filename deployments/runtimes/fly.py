@@ -431,14 +431,20 @@ def _ensure_machine(client: FlyClient, deployment: Deployment, app: FlyApp, conf
         )
         return machine
     if digest != app.config_digest or _restart_pending(deployment, app):
-        # An update replaces the machine's config (and secrets) and restarts it.
-        machine = client.update_machine(app.name, machine["id"], _create_body(app, config))
-        _restart_status(deployment, "Restarting its Fly machine with the new configuration.")
+        # An update replaces the machine's config (and secrets) and restarts it; a sleeping
+        # deployment stays asleep and boots with them when a request wakes it.
+        asleep = deployment.status == Status.SLEEPING and machine.get("state") in DOWN_STATES
+        body = _create_body(app, config)
+        if asleep:
+            body["skip_launch"] = True
+        machine = client.update_machine(app.name, machine["id"], body)
+        if not asleep:
+            _restart_status(deployment, "Restarting its Fly machine with the new configuration.")
         _save(
             app,
             config_digest=digest,
             restart_served_at=deployment.restart_requested_at,
-            start_deadline=_deadline(),
+            start_deadline=None if asleep else _deadline(),
         )
     return machine
 

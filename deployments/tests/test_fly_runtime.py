@@ -81,6 +81,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def idle_until_fly_stops_it(standin: FlyStandin, app: FlyApp) -> None:
+    standin.idle_stop_seconds = 1.0
+    deadline = time.monotonic() + 30
+    while standin.machines(app.name)[0]["state"] != "stopped":
+        assert time.monotonic() < deadline, "the stand-in never stopped the idle machine"
+        time.sleep(0.2)
+
+
 def app_of(deployment: Deployment) -> FlyApp:
     return FlyApp.objects.get(deployment=deployment)
 
@@ -268,11 +276,7 @@ def test_an_idle_machine_stopped_by_fly_sleeps_and_a_request_wakes_it(
 ):
     deployment = settle(deploy(owner))
     app = app_of(deployment)
-    standin.idle_stop_seconds = 1.0
-    deadline = time.monotonic() + 30
-    while standin.machines(app.name)[0]["state"] != "stopped":
-        assert time.monotonic() < deadline, "the stand-in never stopped the idle machine"
-        time.sleep(0.2)
+    idle_until_fly_stops_it(standin, app)
 
     settle(deployment)
     assert deployment.status == Status.SLEEPING
@@ -281,6 +285,28 @@ def test_an_idle_machine_stopped_by_fly_sleeps_and_a_request_wakes_it(
     assert call_tool(fly.FlyRuntime().endpoint(deployment), "echo", {"message": "up"}) == "up"
     settle(deployment)
     assert deployment.status == Status.RUNNING, deployment.status_detail
+
+
+def test_a_credential_changed_while_asleep_waits_for_the_next_wake(
+    db, owner, fly_settings, standin
+):
+    deployment = settle(deploy(owner, environment={"API_KEY": "first"}))
+    app = app_of(deployment)
+    idle_until_fly_stops_it(standin, app)
+    settle(deployment)
+    assert deployment.status == Status.SLEEPING
+
+    services.set_credential(deployment, "API_KEY", SECRET_VALUE)
+    deployment.refresh_from_db()
+    settle(deployment)
+
+    assert deployment.status == Status.SLEEPING  # not woken by the change
+    (machine,) = standin.machines(app.name)
+    assert machine["state"] == "stopped"
+    # The next request boots it with the new secret.
+    endpoint = fly.FlyRuntime().endpoint(deployment)
+    assert call_tool(endpoint, "echo", {"message": "woken"}) == "woken"
+    assert standin.boot_env(app.name, machine["id"])["CATWALK_ENV_API_KEY"] == SECRET_VALUE
 
 
 def test_deleting_the_deployment_leaves_nothing_behind_on_fly(db, owner, fly_settings, standin):
