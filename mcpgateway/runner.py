@@ -43,7 +43,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,7 +65,6 @@ DEFAULT_SESSION_IDLE_TIMEOUT = 1800.0
 # The folder holding the `mcpgateway` package: the bridge runs with it as working directory,
 # which makes `-m mcpgateway.bridge` importable without a PYTHONPATH.
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
-SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # Where a sandboxed server finds its folders, on its own tmpfs (as on a Catwalk host).
 SANDBOX_HOME = "/home/server"
 SANDBOX_WORK = "/srv/server"
@@ -213,33 +211,13 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
     )
 
 
-def tool_path() -> str:
-    """PATH for the server: this interpreter's bin folder (uv, uvx), node's folder, system."""
-    folders = [os.path.dirname(sys.executable)]
-    node = shutil.which("node")
-    if node:
-        folders.append(os.path.dirname(node))
-    folders.extend(SYSTEM_PATH)
-    return os.pathsep.join(dict.fromkeys(folders))
-
-
 def server_environment(
     config: RunnerConfig, *, home: str, tmp: str, npm_cache: str, uv_cache: str
 ) -> dict[str, str]:
     """The server's whole environment: what npx and uvx need, and its credentials."""
-    environment = {
-        "PATH": tool_path(),
-        "HOME": home,
-        "TMPDIR": tmp,
-        "LANG": "C.UTF-8",
-        "npm_config_cache": npm_cache,
-        "npm_config_update_notifier": "false",
-        "npm_config_fund": "false",
-        "npm_config_audit": "false",
-        "UV_CACHE_DIR": uv_cache,
-        # uvx builds servers' environments with this interpreter (not whichever it finds first).
-        "UV_PYTHON": sys.executable,
-    }
+    environment = sandbox_profile.package_environment(
+        home=home, tmp=tmp, npm_cache=npm_cache, uv_cache=uv_cache
+    )
     environment.update(config.credentials)
     return environment
 

@@ -188,3 +188,36 @@ def launcher_command(command: list[str], profile_path: Path) -> list[str]:
     """The command that runs `command` in the sandbox the profile at `profile_path` describes."""
     launcher = [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile_path)]
     return [*launcher, "--", *command]
+
+
+# --- What a server (or a package download) runs with, before any credential ------------------
+
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def tool_path() -> str:
+    """PATH for a server: this interpreter's bin folder (uv, uvx), node's folder, the system."""
+    folders = [os.path.dirname(sys.executable)]
+    node = shutil.which("node")
+    if node:
+        folders.append(os.path.dirname(node))
+    folders.extend(SYSTEM_PATH)
+    return os.pathsep.join(dict.fromkeys(folders))
+
+
+def package_environment(*, home: str, tmp: str, npm_cache: str, uv_cache: str) -> dict[str, str]:
+    """A PATH with npx and uvx, the server's folders and package caches; nothing else."""
+    return {
+        "PATH": tool_path(),
+        "HOME": home,
+        "TMPDIR": tmp,
+        "LANG": "C.UTF-8",
+        "npm_config_cache": npm_cache,
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+        "UV_CACHE_DIR": uv_cache,
+        # uvx builds servers' environments with this interpreter, which the warm caches hold
+        # wheels for (uv would otherwise pick whichever Python it finds first).
+        "UV_PYTHON": sys.executable,
+    }

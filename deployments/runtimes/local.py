@@ -46,6 +46,7 @@ from deployments.runtimes.base import (
     register,
     validate_package,
 )
+from mcpgateway import sandbox_profile
 
 # sun_path holds 108 bytes including the terminating NUL.
 SOCKET_PATH_MAX = 107
@@ -53,7 +54,6 @@ BRIDGE_MODULE = "mcpgateway.bridge"
 SECRET_HEADER = "X-Catwalk-Bridge-Secret"  # noqa: S105 - a header name
 # The bridge's redeploy route (mcpgateway/bridge/app.py), which the gateway never forwards to.
 SWITCH_PATH = "/catwalk/switch"
-SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def run_root() -> Path:
@@ -255,16 +255,6 @@ class LaunchSpec:
     cwd: str
 
 
-def _tool_path() -> str:
-    """PATH for the server: this interpreter's bin folder (uv, uvx), node's folder, system."""
-    folders = [os.path.dirname(sys.executable)]
-    node = shutil.which("node")
-    if node:
-        folders.append(os.path.dirname(node))
-    folders.extend(SYSTEM_PATH)
-    return os.pathsep.join(dict.fromkeys(folders))
-
-
 # Where a sandboxed server finds its home and work folders, the same for every deployment and
 # unrelated to Catwalk's own paths.
 SANDBOX_HOME = "/home/server"
@@ -397,20 +387,9 @@ def _open_to_all(folder: Path) -> None:
 def package_environment(*, home: str, tmp: str, npm_cache: str, uv_cache: str) -> dict[str, str]:
     """What an MCP server or a package download runs with, before any credential: a PATH with
     npx and uvx, its folders and package caches, and the host's TLS and proxy settings."""
-    environment = {
-        "PATH": _tool_path(),
-        "HOME": home,
-        "TMPDIR": tmp,
-        "LANG": "C.UTF-8",
-        "npm_config_cache": npm_cache,
-        "npm_config_update_notifier": "false",
-        "npm_config_fund": "false",
-        "npm_config_audit": "false",
-        "UV_CACHE_DIR": uv_cache,
-        # uvx builds servers' environments with this interpreter, which `warm_cache` caches
-        # wheels for (uv would otherwise pick whichever Python it finds first).
-        "UV_PYTHON": sys.executable,
-    }
+    environment = sandbox_profile.package_environment(
+        home=home, tmp=tmp, npm_cache=npm_cache, uv_cache=uv_cache
+    )
     for name in settings.LOCAL_PASSTHROUGH_ENV:
         if name in os.environ:
             environment[name] = os.environ[name]

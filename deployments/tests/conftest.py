@@ -40,6 +40,7 @@ from deployments.models import Deployment, Status
 from deployments.runtimes import sandbox
 from deployments.runtimes.base import Endpoint
 from deployments.runtimes.local import LocalRuntime, PidRecord, run_paths
+from deployments.tests.fly_standin import FlyStandin
 from mcpgateway.stack import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -315,3 +316,27 @@ def asgi_server(server: str, env: dict[str, str], **settings: str) -> Iterator[s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def standin() -> Iterator[FlyStandin]:
+    """Fly on 127.0.0.1, its machines running the real runner. Unsandboxed: the tests using it
+    are about the Fly runtime; the runner's sandbox has its own tests, and the end-to-end test
+    runs sandboxed."""
+    with FlyStandin(unsandboxed=True, org_slug="acme", proxy_start_timeout=30) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def fly_settings(settings, standin):
+    """The Fly runtime configured against the stand-in."""
+    settings.FLY_API_URL = standin.api_url
+    settings.FLY_LOGS_API_URL = standin.logs_api_url
+    settings.FLY_RELAY_URL = standin.proxy_url + "/{app}"
+    settings.FLY_API_TOKEN = standin.token
+    settings.FLY_ORG = "acme"
+    settings.FLY_REGION = "ams"
+    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
+    settings.FLY_API_BACKOFF_SECONDS = 0.01
+    settings.FLY_START_TIMEOUT_SECONDS = 60
+    return settings

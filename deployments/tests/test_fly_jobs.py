@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from deployments import builds, introspection
 from deployments.models import BuildStatus, SourceBuild
 from deployments.tests.conftest import FIXTURE_SERVER_ARGS, REPO_ROOT, deploy_fixture_server
-from deployments.tests.fly_standin import FlyStandin
 
 pytestmark = pytest.mark.slow
 
@@ -21,22 +19,9 @@ SECRET_VALUE = "sk-live-fly-job-test-5566778899"
 
 
 @pytest.fixture
-def standin() -> Iterator[FlyStandin]:
-    with FlyStandin(unsandboxed=True, org_slug="acme", proxy_start_timeout=30) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def fly_jobs(settings, standin):
-    settings.FLY_API_URL = standin.api_url
-    settings.FLY_LOGS_API_URL = standin.logs_api_url
-    settings.FLY_RELAY_URL = standin.proxy_url + "/{app}"
-    settings.FLY_API_TOKEN = standin.token
-    settings.FLY_ORG = "acme"
-    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
-    settings.FLY_API_BACKOFF_SECONDS = 0.01
-    settings.FLY_JOBS = True
-    return settings
+def fly_jobs(fly_settings):
+    fly_settings.FLY_JOBS = True
+    return fly_settings
 
 
 def introspect(**options) -> introspection.IntrospectionResult:

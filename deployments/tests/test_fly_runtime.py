@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -31,28 +30,6 @@ from deployments.tests.fly_standin import FlyStandin
 pytestmark = pytest.mark.slow
 
 SECRET_VALUE = "sk-live-fly-runtime-test-9876543210"
-
-
-@pytest.fixture
-def standin() -> Iterator[FlyStandin]:
-    # Unsandboxed: these tests are about the runtime; the runner's sandbox has its own tests
-    # and the end-to-end test runs sandboxed.
-    with FlyStandin(unsandboxed=True, org_slug="acme", proxy_start_timeout=30) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def fly_settings(settings, standin):
-    settings.FLY_API_URL = standin.api_url
-    settings.FLY_LOGS_API_URL = standin.logs_api_url
-    settings.FLY_RELAY_URL = standin.proxy_url + "/{app}"
-    settings.FLY_API_TOKEN = standin.token
-    settings.FLY_ORG = "acme"
-    settings.FLY_REGION = "ams"
-    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
-    settings.FLY_API_BACKOFF_SECONDS = 0.01
-    settings.FLY_START_TIMEOUT_SECONDS = 60
-    return settings
 
 
 def settle(deployment: Deployment, timeout: float = 90) -> Deployment:
