@@ -121,3 +121,40 @@ def test_the_deployment_page_names_its_fly_app(owner, owner_client, fly_configur
 
     assert "Fly.io Machines" in page
     assert fly.app_name_for(deployment.id) in page
+
+
+def test_the_task_message_carries_the_deployment_id_and_no_secret(
+    db, owner, fly_configured, django_capture_on_commit_callbacks
+):
+    """What the Fly runtime hands Celery, read back from the configured broker as a worker
+    would receive it."""
+    from catwalk.celery import app as celery_app
+
+    deployment = make_deployment(owner, runtime="fly")
+    make_credential(deployment, "API_KEY", SECRET_VALUE)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        fly.FlyRuntime().apply(deployment)  # sent once the transaction commits
+
+    found = []
+    with celery_app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(celery_app.conf.task_default_queue)
+        try:
+            while True:
+                try:
+                    message = queue.get(block=True, timeout=2)
+                except queue.Empty:
+                    break
+                if message.headers.get("task") == "deployments.tasks.fly_sync":
+                    message.ack()
+                    found.append(message)
+                else:
+                    message.requeue()
+                    break  # someone else's; leave it queued
+        finally:
+            queue.close()
+    ours = [m for m in found if str(deployment.id) in str(m.headers.get("argsrepr"))]
+    assert len(ours) == 1
+    args, kwargs, _ = ours[0].decode()
+    assert args == [str(deployment.id)] and kwargs == {}
+    assert SECRET_VALUE not in str(ours[0].body) + str(ours[0].headers)
