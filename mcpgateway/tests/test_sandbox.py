@@ -323,8 +323,10 @@ def test_sigterm_reaches_the_server_and_nothing_survives(area):
         if os.fork() == 0:
             time.sleep(300)
         def done(*_):
-            print("got SIGTERM", flush=True)
-            sys.exit(0)
+            # Not print(): the signal may land while print("ready") is still returning, and
+            # a second print inside it is a reentrant call Python refuses.
+            os.write(1, b"got SIGTERM\\n")
+            os._exit(0)
         signal.signal(signal.SIGTERM, done)
         print("ready", flush=True)
         time.sleep(300)
@@ -339,9 +341,9 @@ def test_sigterm_reaches_the_server_and_nothing_survives(area):
 
     # As the bridge stops its child: SIGTERM to the launcher's whole process group.
     os.killpg(process.pid, signal.SIGTERM)
-    output, _ = process.communicate(timeout=20)
+    output, errors = process.communicate(timeout=20)
 
-    assert "got SIGTERM" in output
+    assert "got SIGTERM" in output, f"status {process.returncode}; stderr: {errors}"
     assert process.returncode == 0
     leftovers = subprocess.run(["pgrep", "-u", str(UID)], capture_output=True, text=True)
     assert leftovers.stdout == ""
