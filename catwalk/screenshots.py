@@ -6,7 +6,9 @@ Brings up the browser tests' whole Catwalk (`catwalk/tests/browser/harness.py`: 
 settings, the supervisor, a worker, GitHub and the registries played by local stand-ins) and
 fills it the way a person would, in Debian's Chromium: an account, analyses of two fixture
 repositories built from source, three deployments (one stopped), calls from an MCP client and
-from the playground. Each page is saved as `<page>-desktop.png` and `<page>-phone.png`. Any
+from the playground, the connector doctor's check, and the consent page an MCP client registered
+by dynamic registration sends its user to. Each page is saved as `<page>-desktop.png` and
+`<page>-phone.png` (the doctor as its section of the deployment page). Any
 console error or Content-Security-Policy violation on the way fails the command.
 """
 
