@@ -638,11 +638,11 @@ def _bring_down(client: FlyClient, deployment: Deployment, app: FlyApp) -> Outco
 
 
 def _tear_down(client: FlyClient, app: FlyApp) -> Outcome:
-    """Destroy the machine and the app of a deleted deployment, then forget them."""
-    if app.app_created or app.machine_id:
-        for machine in client.list_machines(app.name):
-            client.delete_machine(app.name, machine["id"])
-        client.delete_app(app.name)
+    """Destroy the machine and the app of a deleted deployment, then forget them. Asked of Fly
+    even when no create was confirmed: a create whose answer was lost may have made the app."""
+    for machine in client.list_machines(app.name):
+        client.delete_machine(app.name, machine["id"])
+    client.delete_app(app.name)
     FlyApp.objects.filter(pk=app.pk).delete()
     app.pk = None
     return Outcome()

@@ -172,8 +172,12 @@ class FlyClient:
         return None if response.status_code in (403, 404) else response.json()
 
     def delete_app(self, name: str) -> None:
+        """Delete the app and its machines; one that is gone (or never ours) is no error."""
         self.request(
-            "DELETE", f"/apps/{_seg(name)}", params={"force": "true"}, accept=frozenset({404})
+            "DELETE",
+            f"/apps/{_seg(name)}",
+            params={"force": "true"},
+            accept=frozenset({403, 404}),
         )
 
     # --- secrets --------------------------------------------------------------------------
@@ -215,9 +219,9 @@ class FlyClient:
     def list_machines(self, app: str, metadata: dict[str, str] | None = None) -> list[dict]:
         params = {f"metadata.{key}": value for key, value in (metadata or {}).items()}
         response = self.request(
-            "GET", f"/apps/{_seg(app)}/machines", params=params, accept=frozenset({404})
+            "GET", f"/apps/{_seg(app)}/machines", params=params, accept=frozenset({403, 404})
         )
-        if response.status_code == 404:
+        if response.status_code in (403, 404):
             return []
         return [m for m in response.json() or [] if isinstance(m, dict)]
 

@@ -314,3 +314,20 @@ def test_fly_errors_keep_flys_status_and_code(fly_settings, standin):
         assert client.get_machine("catwalk-twice", "0123456789abcd") is None
     assert (raised.value.status, raised.value.code) == (422, "name_taken")
     assert not raised.value.ambiguous
+
+
+def test_a_deployment_deleted_after_an_ambiguous_app_create_leaves_no_app(
+    db, owner, fly_settings, standin
+):
+    # The app is made but its creator never hears so; then the deployment is deleted.
+    standin.fail_next("POST", r"^/v1/apps$", 503, count=6, after=True)
+    deployment = deploy(owner)
+    settle(deployment)
+    assert standin.apps() == [fly.app_name_for(deployment.id)]
+    assert not app_of(deployment).app_created
+
+    services.delete_deployment(deployment)
+    settle(deployment)
+
+    assert standin.apps() == []
+    assert not FlyApp.objects.exists()
