@@ -236,7 +236,14 @@ class FlyAppAdmin(OwnedAdmin):
     """What the Fly runtime made on Fly for each deployment; the reconciler alone changes it.
     A row without a deployment is a deleted one whose app is still being torn down."""
 
-    list_display = ["name", "deployment", "machine_id", "secrets_version", "updated_at"]
+    list_display = [
+        "name",
+        "deployment",
+        "machine_id",
+        "secrets_version",
+        "last_error",
+        "updated_at",
+    ]
     search_fields = ["name", "machine_id", "deployment__name"]
     list_select_related = ["deployment"]
     exclude = ["config_digest", "secrets_digest", "lease_until"]
