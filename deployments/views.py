@@ -179,6 +179,7 @@ def _status_context(deployment: Deployment) -> dict:
         "events": deployment.events.select_related("actor")[:EVENTS_LISTED],
         "poll_seconds": _poll_seconds(deployment),
         "stderr_tail": "\n".join(_logs(deployment, FAILURE_STDERR_LINES)) if failing else "",
+        "runtime_problem": get_runtime(deployment.runtime).problem(deployment),
     }
 
 

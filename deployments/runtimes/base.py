@@ -88,6 +88,10 @@ class Runtime(ABC):
     def logs(self, deployment: Deployment, lines: int = 200) -> list[str]:
         """The last lines the MCP server wrote to stderr."""
 
+    def problem(self, deployment: Deployment) -> str:
+        """What keeps the runtime from acting on the deployment right now, for its owner ("")."""
+        return ""
+
 
 def bridge_secret(deployment_id: object) -> str:
     """The per-deployment secret a bridge demands in `X-Catwalk-Bridge-Secret`.

@@ -194,6 +194,16 @@ class FlyRuntime(Runtime):
             base_url=relay_url(name), headers={SECRET_HEADER: bridge_secret(deployment.id)}
         )
 
+    def problem(self, deployment: Deployment) -> str:
+        error = (
+            FlyApp.objects.filter(deployment_id=deployment.pk)
+            .values_list("last_error", flat=True)
+            .first()
+        )
+        if not error:
+            return ""
+        return f"Fly's API refused the last attempt to apply changes; trying again shortly. {error}"
+
     def logs(self, deployment: Deployment, lines: int = 200) -> list[str]:
         name = FlyApp.objects.filter(deployment_id=deployment.pk).values_list("name", flat=True)
         if not name:

@@ -158,3 +158,20 @@ def test_the_task_message_carries_the_deployment_id_and_no_secret(
     args, kwargs, _ = ours[0].decode()
     assert args == [str(deployment.id)] and kwargs == {}
     assert SECRET_VALUE not in str(ours[0].body) + str(ours[0].headers)
+
+
+def test_an_error_fly_keeps_answering_is_shown_on_the_deployment_page(
+    owner, owner_client, fly_configured
+):
+    deployment = make_deployment(owner, runtime="fly")
+    FlyApp.objects.create(
+        deployment=deployment,
+        deployment_key=deployment.id,
+        name=fly.app_name_for(deployment.id),
+        last_error="Fly API POST /apps: 401 unauthorized: token expired",
+    )
+
+    status = owner_client.get(f"/deployments/{deployment.pk}/status/").content.decode()
+
+    assert "Fly&#x27;s API refused the last attempt" in status
+    assert "token expired" in status
