@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -391,8 +393,14 @@ async def test_legacy_sse_endpoint_event_uses_the_forwarded_prefix(bridge: Bridg
             data = await anext(lines)
         assert data.startswith("data: /mcp/abc123/messages?sessionId=")
         session_id = data.split("sessionId=", 1)[1]
-        # The stream closed, so the session is gone.
-        gone = await client.post(
-            f"/messages?sessionId={session_id}", json=_echo("x"), headers=JSON_HEADERS
-        )
+        # The stream closed, so the session goes: as soon as the bridge has seen the client
+        # leave, which happens on its own loop a moment after the close.
+        deadline = time.monotonic() + 10
+        while True:
+            gone = await client.post(
+                f"/messages?sessionId={session_id}", json=_echo("x"), headers=JSON_HEADERS
+            )
+            if gone.status_code != 202 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
     assert gone.status_code == 404
