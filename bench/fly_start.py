@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import report
+from bench import report, sandbox_start
 from bench.proctree import tree_cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,16 +139,7 @@ def _start_once(case: Case, scratch: Path) -> tuple[float, float, int]:
                 if runner.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{case.label}: the runner did not come up")
                 time.sleep(0.01)
-            init = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "catwalk-bench", "version": "1"},
-                },
-            }
+            init = json.loads(sandbox_start.INITIALIZE)
             answer = _post(client, init)
             answer.raise_for_status()
             session = answer.headers.get("mcp-session-id", "")
