@@ -117,7 +117,9 @@ def test_tree_cpu_includes_descendants_that_already_exited(tmp_path):
     try:
         assert server.popen.stdout.readline() == b"child reaped\n"
         assert len(psutil.Process(server.pid).children()) == 0
-        assert tree_cpu_seconds(server.pid) >= 0.3
+        # /proc counts a reaped child's CPU in 10 ms clock ticks; process_time() is finer, so
+        # the burner's 0.3 s may read as 0.29.
+        assert tree_cpu_seconds(server.pid) >= 0.29
     finally:
         server.stop()
 
