@@ -4,28 +4,17 @@ The only way in is a URL the user pasted, so it is parsed strictly and anything 
 refused before a request is made. The platform token (`GITHUB_TOKEN`) only raises rate limits:
 it is never used to read a private repository; those need the user's own token.
 
-Extraction policy (the tarball is untrusted input):
-- Limits (`ANALYSIS_MAX_*`) are checked against every header in a first pass, before anything
-  is written, so a refused archive leaves no files behind.
-- Symbolic and hard links are skipped, never created. An MCP server's analysis does not need
-  them, and skipping them closes the whole family of link-based escapes (several were found in
-  `tarfile`'s own `data` filter in 2025) whatever the Python patch level.
-- Device files and FIFOs are refused. Paths are checked by `tarfile.data_filter`, which also
-  drops ownership and unsafe mode bits; it is run on every entry in the first pass as well.
-- The decompressed stream is read forward only and capped, so a header that declares a huge
-  extended-header block or loops back on itself cannot exhaust memory or hang the worker.
+Tarballs are extracted by `mcpgateway.archive` (its docstring holds the policy: limits checked
+before anything is written, links skipped, device files refused, a capped forward-only stream).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import shutil
-import tarfile
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,13 +24,13 @@ from urllib.parse import quote, urlsplit
 import httpx
 from django.conf import settings
 
+from mcpgateway import archive
+
 logger = logging.getLogger(__name__)
 
 
 GITHUB_HOSTS = {"github.com", "www.github.com"}
 MAX_URL_LENGTH = 2_000
-# Room for the tar headers, extended headers and padding of the allowed number of files.
-HEADER_ALLOWANCE_PER_FILE = 4_096
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # The per-read timeout does not stop a server that drips bytes; this bounds the whole download.
 DOWNLOAD_DEADLINE_SECONDS = 600.0
@@ -125,12 +114,7 @@ class RepositoryInfo:
 
 
 @dataclass(frozen=True)
-class ExtractionLimits:
-    max_tarball_bytes: int
-    max_files: int
-    max_file_bytes: int
-    max_total_bytes: int
-
+class ExtractionLimits(archive.Limits):
     @classmethod
     def from_settings(cls) -> ExtractionLimits:
         return cls(
@@ -310,7 +294,7 @@ class GitHubClient:
     def _fetch_tarball(self, sha: str, sink: IO[bytes]) -> None:
         cap = self.limits.max_tarball_bytes
         too_large = ArchiveTooLarge(
-            f"{self.repo.full_name} is larger than the {_size(cap)} Catwalk downloads."
+            f"{self.repo.full_name} is larger than the {archive.size_text(cap)} Catwalk downloads."
         )
         try:
             with self._http.stream(
@@ -427,103 +411,13 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def _size(count: int) -> str:
-    return f"{count / (1024 * 1024):.0f} MiB" if count >= 1024 * 1024 else f"{count} bytes"
-
-
-class _ForwardReader:
-    """The decompressed tar stream, readable forward only and up to `cap` bytes.
-
-    `tarfile` trusts sizes from headers: an extended header may declare gigabytes (read into
-    memory at once) and a negative size makes it seek backwards forever. Both are refused here.
-    """
-
-    def __init__(self, raw: IO[bytes], cap: int) -> None:
-        self._raw = raw
-        self._cap = cap
-        self._position = 0
-
-    def read(self, size: int = -1) -> bytes:
-        if size < 0 or self._position + size > self._cap:
-            raise ArchiveTooLarge("The repository unpacks to more data than Catwalk accepts.")
-        data = self._raw.read(size)
-        self._position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        target = offset if whence == 0 else self._position + offset
-        if whence not in (0, 1) or target < self._position:
-            raise UnsafeArchive("The archive is malformed (it points backwards).")
-        if target > self._cap:
-            raise ArchiveTooLarge("The repository unpacks to more data than Catwalk accepts.")
-        self._position = self._raw.seek(target)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def rewind(self) -> None:
-        self._position = self._raw.seek(0)
-
-
 def _extract(tarball: IO[bytes], destination: Path, limits: ExtractionLimits) -> None:
-    cap = limits.max_total_bytes + HEADER_ALLOWANCE_PER_FILE * (limits.max_files + 16)
     try:
-        with gzip.GzipFile(fileobj=tarball, mode="rb") as unzipped:
-            stream = _ForwardReader(unzipped, cap)
-            with tarfile.open(fileobj=stream, mode="r:") as archive:
-                plan = _plan(archive, destination, limits)
-                stream.rewind()
-                archive.extractall(destination, members=plan, filter="data")
-    except tarfile.FilterError as exc:
-        raise UnsafeArchive(f"The archive was refused: {exc}.") from None
-    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        raise UnsafeArchive(f"The download is not a readable tarball ({exc}).") from None
-
-
-def _plan(
-    archive: tarfile.TarFile, destination: Path, limits: ExtractionLimits
-) -> list[tarfile.TarInfo]:
-    """Check every header against the limits; the entries to extract, top folder stripped."""
-    plan: list[tarfile.TarInfo] = []
-    top: str | None = None
-    count = total = skipped_links = 0
-    for member in archive:
-        count += 1
-        if count > limits.max_files:
-            raise ArchiveTooLarge(f"The repository has more than {limits.max_files} files.")
-        if top is None:
-            top = member.name.split("/", 1)[0]
-            if top in {"", ".", ".."}:
-                raise UnsafeArchive("The archive does not have GitHub's single top-level folder.")
-        if member.name.rstrip("/") == top:
-            continue
-        if not member.name.startswith(top + "/"):
-            raise UnsafeArchive(f"The archive has an entry outside its top folder: {member.name!r}")
-        if member.issym() or member.islnk():
-            skipped_links += 1
-            continue
-        if member.isreg():
-            if member.size > limits.max_file_bytes:
-                raise ArchiveTooLarge(
-                    f"{member.name.split('/', 1)[1]!r} is larger than the "
-                    f"{_size(limits.max_file_bytes)} Catwalk accepts for one file."
-                )
-            total += member.size
-            if total > limits.max_total_bytes:
-                raise ArchiveTooLarge(
-                    f"The repository unpacks to more than {_size(limits.max_total_bytes)}."
-                )
-        elif not member.isdir():
-            raise UnsafeArchive(f"The archive contains a device file or FIFO: {member.name!r}")
-        stripped = member.replace(name=member.name[len(top) + 1 :], deep=False)
-        tarfile.data_filter(stripped, str(destination))
-        plan.append(stripped)
-    if top is None:
-        raise UnsafeArchive("The archive is empty.")
-    if skipped_links:
-        logger.info("skipped %d links while extracting into %s", skipped_links, destination)
-    return plan
+        archive.extract(tarball, destination, limits)
+    except archive.TooLarge as exc:
+        raise ArchiveTooLarge(str(exc).replace("The archive", "The repository")) from None
+    except archive.ArchiveError as exc:
+        raise UnsafeArchive(str(exc)) from None
 
 
 def _subdirectory(destination: Path, subdirectory: str, repo: RepoRef) -> Path:
