@@ -441,6 +441,11 @@ if FLY_AUTOSTOP not in ("stop", "suspend"):
 # How long a machine may take from launch to answering tools/list (a first package download
 # included) before the deployment fails.
 FLY_START_TIMEOUT_SECONDS = config.read_int("FLY_START_TIMEOUT_SECONDS", 300, minimum=5)
+# A source deployment's volume (GB), which keeps its build across stops: room for a build of
+# BUILD_MAX_MB and the next one beside it while a new commit builds.
+FLY_SOURCE_VOLUME_GB = config.read_int(
+    "FLY_SOURCE_VOLUME_GB", max(1, -(-2 * BUILD_MAX_MB // 1024)), minimum=1
+)
 # Retries of a Fly API call answered 408/429/5xx (exponential backoff from this first delay).
 FLY_API_RETRIES = config.read_int("FLY_API_RETRIES", 5)
 FLY_API_BACKOFF_SECONDS = float(config.read("FLY_API_BACKOFF_SECONDS", "0.5"))

@@ -17,13 +17,11 @@ sandboxed server sees it at /srv/app through an overlay whose writes land in its
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +48,7 @@ from deployments.runtimes.local import (
     shared_caches,
     tail_lines,
 )
+from mcpgateway import buildsteps
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +57,6 @@ BUILD_UID_BELOW_BASE = 3
 PNPM = "pnpm@9"
 YARN = "yarn@1"
 LOG_TAIL_LINES = 25
-SIZE_CHECK_SECONDS = 3.0
 WAIT_POLL_SECONDS = 1.0
 
 
@@ -98,10 +96,10 @@ def log_tail(build: SourceBuild, lines: int = LOG_TAIL_LINES) -> list[str]:
 # --- The commands a recipe calls for ----------------------------------------------------------
 
 
-def steps(recipe: Recipe) -> list[tuple[str, list[str], str]]:
-    """(what, argv, folder relative to the repository root) for each build step."""
-    bin_dir = os.path.dirname(sys.executable)
-    uv = os.path.join(bin_dir, "uv")
+def steps(recipe: Recipe, uv: str = "") -> list[tuple[str, list[str], str]]:
+    """(what, argv, folder relative to the repository root) for each build step; `uv` is the
+    uv to run (default: this interpreter's)."""
+    uv = uv or os.path.join(os.path.dirname(sys.executable), "uv")
     if recipe.ecosystem == "node":
         run = {
             "npm": ["npm"],
@@ -170,6 +168,26 @@ def _abandoned(build: SourceBuild) -> bool:
     return age > settings.BUILD_TIMEOUT_SECONDS * 2
 
 
+def pin(
+    repository: str, subfolder: str, commit_sha: str, recipe: dict, *, user=None
+) -> SourceBuild:
+    """The build row for this key, for a runtime that builds in the deployment's own machine
+    (nothing runs here); an existing row is reused as it is. Raises BuildFailed for an unusable
+    recipe."""
+    try:
+        Recipe.from_meta(recipe)
+    except ValueError as exc:
+        raise BuildFailed(f"The build recipe cannot be used: {exc}.") from None
+    build, _ = SourceBuild.objects.get_or_create(
+        repository=repository,
+        subfolder=subfolder,
+        commit_sha=commit_sha,
+        recipe_hash=recipe_hash(recipe),
+        defaults={"recipe": recipe, "requested_by": user, "status": BuildStatus.ELSEWHERE},
+    )
+    return build
+
+
 def ensure_build(
     repository: str,
     subfolder: str,
@@ -221,11 +239,12 @@ def run_build(build: SourceBuild, recipe: Recipe, github_token: str = "") -> Non
     owner, _, name = build.repository.partition("/")
     try:
         if settings.FLY_JOBS:
-            # Nothing of a repository's runs on the platform's own machines, and builds do not
-            # run in Fly machines yet.
+            # Nothing of a repository's runs on the platform's own machines: a source
+            # deployment on Fly is built by its own machine.
             raise BuildFailed(
-                "Builds from source do not run on this Catwalk: it runs untrusted code only in "
-                "Fly machines (FLY_JOBS), and builds there are not supported yet."
+                "Builds from source do not run on this Catwalk's own machines: it runs untrusted "
+                "code only in Fly machines (FLY_JOBS). Deploy it on Fly.io Machines, where the "
+                "deployment's machine builds it."
             )
         with GitHubClient(RepoRef(owner, name), user_token=github_token or None) as client:
             client.download(build.commit_sha, app_folder(build))
@@ -233,8 +252,8 @@ def run_build(build: SourceBuild, recipe: Recipe, github_token: str = "") -> Non
         for what, argv, where in steps(recipe):
             _log(build, f"$ {' '.join(argv)}    ({what}, in /{where})")
             _run_step(build, argv, where)
-        size = _size(app_folder(build))
-        _seal(app_folder(build))
+        size = buildsteps.size(app_folder(build))
+        buildsteps.seal(app_folder(build))
     except (BuildFailed, GitHubError) as exc:
         tail = "\n".join(log_tail(build))
         message = str(exc) + (f"\n\nLast lines of the build log:\n{tail}" if tail else "")
@@ -260,7 +279,7 @@ def _run_step(build: SourceBuild, argv: list[str], where: str) -> None:
     with tempfile.TemporaryDirectory(prefix="build-", dir=build_folder(build)) as scratch:
         scratch_path = Path(scratch)
         if check.enabled:
-            _own(app, build_uid())
+            buildsteps.own(app, build_uid())
             command = sandbox.prepare(
                 [*IN_FOLDER, f"{APP_MOUNT}/{where}", *argv],
                 environment=_environment(sandboxed=True),
@@ -294,38 +313,15 @@ def _run_step(build: SourceBuild, argv: list[str], where: str) -> None:
 
 
 def _supervise(build: SourceBuild, process: subprocess.Popen, app: Path) -> None:
-    """Wait for a step; stop it past the time limit or when the output grows past its limit."""
-    started = time.monotonic()
-    next_size_check = started + SIZE_CHECK_SECONDS
-    limit = settings.BUILD_MAX_MB << 20
-    while process.poll() is None:
-        now = time.monotonic()
-        problem = ""
-        if now - started > settings.BUILD_TIMEOUT_SECONDS:
-            problem = f"The build step ran for more than {settings.BUILD_TIMEOUT_SECONDS} s."
-        elif now >= next_size_check:
-            next_size_check = now + SIZE_CHECK_SECONDS
-            if _size(app) > limit:
-                problem = f"The build grew past {settings.BUILD_MAX_MB} MiB."
-        if problem:
-            _stop(process)
-            raise BuildFailed(problem)
-        time.sleep(0.2)
-    if process.returncode == sandbox.LIMIT_EXIT_STATUS:
-        raise BuildFailed("The sandbox stopped the build: it went over a resource limit.")
-    if process.returncode != 0:
-        raise BuildFailed(f"The build step failed (exit status {process.returncode}).")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        buildsteps.supervise(
+            process,
+            app,
+            timeout_seconds=settings.BUILD_TIMEOUT_SECONDS,
+            max_mb=settings.BUILD_MAX_MB,
+        )
+    except buildsteps.StepFailed as exc:
+        raise BuildFailed(str(exc)) from None
 
 
 def _environment(*, sandboxed: bool, scratch: Path | None = None) -> dict[str, str]:
@@ -342,39 +338,6 @@ def _environment(*, sandboxed: bool, scratch: Path | None = None) -> dict[str, s
     # Install scripts may read CI to stay non-interactive; uv keeps its venv in the project.
     environment.update({"CI": "true", "UV_PROJECT_ENVIRONMENT": ".venv"})
     return environment
-
-
-def _own(folder: Path, uid: int) -> None:
-    for path, folders, files in os.walk(folder):
-        os.lchown(path, uid, uid)
-        for entry in folders + files:
-            os.lchown(os.path.join(path, entry), uid, uid)
-
-
-def _seal(folder: Path) -> None:
-    """Root's, readable by everyone, writable by no one else: the deployments' read-only layer."""
-    as_root = os.geteuid() == 0
-    for path, _, files in os.walk(folder):
-        if as_root:
-            os.lchown(path, 0, 0)
-        os.chmod(path, 0o755)  # noqa: S103 - readable by the deployments' uids, by design
-        for entry in files:
-            target = os.path.join(path, entry)
-            if as_root:
-                os.lchown(target, 0, 0)
-            if os.path.islink(target):
-                continue
-            mode = os.stat(target).st_mode
-            os.chmod(target, 0o755 if mode & 0o111 else 0o644)
-
-
-def _size(folder: Path) -> int:
-    total = 0
-    for path, _, files in os.walk(folder):
-        for entry in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(path, entry)).st_blocks * 512
-    return total
 
 
 def _log(build: SourceBuild, line: str) -> None:

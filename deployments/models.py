@@ -565,6 +565,9 @@ class BuildStatus(models.TextChoices):
     BUILDING = "building", "Building"
     SUCCEEDED = "succeeded", "Built"
     FAILED = "failed", "Failed"
+    # Pinned for a runtime that builds in the deployment's own machine (Fly): nothing was built
+    # on this host, and a deployment here builds it first.
+    ELSEWHERE = "elsewhere", "Built where it runs"
 
 
 class SourceBuild(models.Model):
@@ -624,6 +627,9 @@ class FlyApp(models.Model):
     app_created = models.BooleanField(default=False)
     ip_allocated = models.BooleanField(default=False)
     machine_id = models.CharField(max_length=32, blank=True)
+    # A source deployment's volume (its build, kept across stops) and the region it is in.
+    volume_id = models.CharField(max_length=64, blank=True)
+    volume_region = models.CharField(max_length=16, blank=True)
     # What the machine was last configured with: a digest of its config, the app secrets
     # version it boots with, and the restart request it serves.
     config_digest = models.CharField(max_length=64, blank=True)

@@ -27,6 +27,7 @@ from deployments.models import (
     PackageRegistry,
     SourceBuild,
 )
+from deployments.runtimes.base import get_runtime
 from deployments.runtimes.local import build_app_folder, nudge_supervisor
 from deployments.services import DeploymentError
 
@@ -34,6 +35,11 @@ from deployments.services import DeploymentError
 def _source_deployment(deployment: Deployment) -> SourceBuild:
     if deployment.package_registry != PackageRegistry.SOURCE or deployment.source_build is None:
         raise DeploymentError("Only deployments built from source can be redeployed or rolled back")
+    if get_runtime(deployment.runtime).builds_in_place:
+        raise DeploymentError(
+            "Redeploy and rollback are not available yet where a deployment builds in its own "
+            "machine (Fly); deploy the new commit as a new deployment."
+        )
     if deployment.next_build_id is not None:
         raise DeploymentError("A redeploy is already under way.")
     return deployment.source_build

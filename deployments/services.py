@@ -373,9 +373,8 @@ def delete_deployment(deployment: Deployment, actor=None) -> None:
         _lock_deployment(deployment)
         deployment_id = deployment.pk
         deployment.delete()
-    # Deleting clears the instance's id; a runtime tears down what it ran by that id.
-    deployment.pk = deployment_id
-    _apply_on_commit(deployment)
+    runtime = get_runtime(deployment.runtime)
+    transaction.on_commit(lambda: runtime.tear_down(deployment_id))
 
 
 def wait_until_ready(deployment: Deployment, timeout: float, poll: float = 0.25) -> list[str]:

@@ -150,6 +150,8 @@ def _detail_page(
         "deployment": deployment,
         "build": build,
         "build_log": "\n".join(builds.log_tail(build, 40)) if build else "",
+        # Where the deployment's machine builds it (Fly), nothing here switches versions.
+        "builds_in_place": get_runtime(deployment.runtime).builds_in_place,
         "first_token": first_token,
         "new_token": new_token,
         "snippets": client_snippets(deployment.name, deployment.endpoint_url, shown_token),
@@ -290,7 +292,8 @@ def deploy_analysis(request: HttpRequest, analysis_id: int) -> HttpResponse:
             secret_names = {v.get("name") for v in variables if v.get("isSecret")}
             secret_names |= set(credential_form.cleaned_data[EXTRA_FIELD])  # treated as secrets
             try:
-                build = None if spec else _claim_build(analysis, owner)
+                runtime = deploy_form.cleaned_data["runtime"]
+                build = None if spec else _claim_build(analysis, owner, runtime)
                 deployment, token = create_deployment(
                     owner,
                     spec or source_package(build),
@@ -301,7 +304,7 @@ def deploy_analysis(request: HttpRequest, analysis_id: int) -> HttpResponse:
                     entry_command=entry_command(document) if spec else "",
                     analysis=analysis,
                     secret_names=secret_names,
-                    runtime=deploy_form.cleaned_data["runtime"],
+                    runtime=runtime,
                     issued_to=FIRST_TOKEN_LABEL,
                 )
             except (DeploymentError, BuildFailed) as exc:
@@ -322,15 +325,14 @@ def deploy_analysis(request: HttpRequest, analysis_id: int) -> HttpResponse:
     return render(request, "deployments/configure.html", context, status=400 if failed else 200)
 
 
-def _claim_build(analysis: Analysis, owner) -> SourceBuild:
-    """The build of the analysed commit: reused when there is one, else queued for a worker."""
-    build, mine = builds.claim(
-        analysis.repository.full_name,
-        analysis.subdirectory,
-        analysis.commit_sha,
-        meta(analysis.result)["source"],
-        user=owner,
-    )
+def _claim_build(analysis: Analysis, owner, runtime: str) -> SourceBuild:
+    """The build of the analysed commit: reused when there is one, else queued for a worker
+    (or left to the deployment's machine, on a runtime that builds there)."""
+    key = (analysis.repository.full_name, analysis.subdirectory, analysis.commit_sha)
+    recipe = meta(analysis.result)["source"]
+    if runtime and get_runtime(runtime).builds_in_place:
+        return builds.pin(*key, recipe, user=owner)
+    build, mine = builds.claim(*key, recipe, user=owner)
     if mine:
         tasks.build_source.delay_on_commit(build.pk)
     return build

@@ -10,6 +10,9 @@ with status 0. Standard library only, no Django: the runner image carries `mcpga
 The machine's environment (set by the Fly runtime, `deployments/runtimes/fly.py`):
 
 * `CATWALK_SERVER_COMMAND`: the server's argv, a JSON array of strings (required);
+* `CATWALK_SOURCE` (source deployments): the repository's archive and build steps, built once
+  into the volume at `CATWALK_RUNNER_BUILDS` (default `/data/builds`) before the bridge starts
+  (`mcpgateway/runner_source.py`); the server then sees its build at /srv/app;
 * `CATWALK_BRIDGE_MODE` (`shared` | `isolated`), `CATWALK_MAX_SESSIONS`,
   `CATWALK_SESSION_IDLE_TIMEOUT` (seconds), `CATWALK_DEPLOYMENT` (names the sandbox);
 * app secrets: `CATWALK_BRIDGE_SECRET` (required: the bridge demands it on every route but
@@ -43,13 +46,14 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from mcpgateway import sandbox_profile
+from mcpgateway import runner_source, sandbox_profile
 from mcpgateway.bridge.config import parse_listen
 from mcpgateway.sandbox import LIMIT_EXIT_STATUS, SETUP_EXIT_STATUS
 
@@ -75,6 +79,7 @@ SANDBOX_CACHES = {"npm": f"{SANDBOX_HOME}/.npm", "uv": f"{SANDBOX_HOME}/.cache/u
 MEMORY_SHARE = 0.75
 MAX_PROCESSES = 256
 MAX_OPEN_FILES = 4096
+HTTP_CHILD = PACKAGE_PARENT / "mcpgateway" / "http_child.py"
 # A name the launcher uses in a cgroup path.
 SANDBOX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
@@ -98,6 +103,16 @@ class RunnerConfig:
     sandbox_name: str = "server"
     readonly_paths: list[str] = field(default_factory=list)
     unsafe_no_sandbox: bool = False
+    source: runner_source.SourceSpec | None = None
+    builds: Path = Path(runner_source.DEFAULT_BUILDS)
+
+    @property
+    def build_uid(self) -> int:
+        return self.sandbox_uid + 1
+
+    def app_folder(self) -> Path | None:
+        """Where a source deployment's build is (None for a package)."""
+        return None if self.source is None else self.builds / self.source.key / "app"
 
 
 def _server_command(text: str | None) -> list[str]:
@@ -189,6 +204,17 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
     readonly = [p for p in environ.get("CATWALK_RUNNER_READONLY_PATHS", "").split(":") if p]
     if not all(os.path.isabs(p) for p in readonly):
         raise ConfigError("CATWALK_RUNNER_READONLY_PATHS must hold absolute paths")
+    source = None
+    if environ.get("CATWALK_SOURCE", "").strip():
+        try:
+            source = runner_source.parse_spec(environ["CATWALK_SOURCE"])
+        except runner_source.SourceError as exc:
+            raise ConfigError(str(exc)) from None
+        if parse_listen(listen).unix_path is not None:
+            raise ConfigError("a source deployment needs a tcp: CATWALK_RUNNER_LISTEN")
+    builds = Path(environ.get("CATWALK_RUNNER_BUILDS", "").strip() or runner_source.DEFAULT_BUILDS)
+    if not builds.is_absolute():
+        raise ConfigError(f"CATWALK_RUNNER_BUILDS must be an absolute path, not {str(builds)!r}")
     return RunnerConfig(
         command=command,
         secret=secret,
@@ -203,11 +229,13 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
         ),
         root=root,
         sandbox_uid=_whole_number(
-            environ, "CATWALK_RUNNER_SANDBOX_UID", DEFAULT_SANDBOX_UID, 1, 2**32 - 2
+            environ, "CATWALK_RUNNER_SANDBOX_UID", DEFAULT_SANDBOX_UID, 1, 2**32 - 3
         ),
         sandbox_name=name,
         readonly_paths=readonly,
         unsafe_no_sandbox=_flag(environ, "CATWALK_UNSAFE_NO_SANDBOX"),
+        source=source,
+        builds=builds,
     )
 
 
@@ -252,6 +280,40 @@ class Server:
     description: str
 
 
+def warm_caches(caches: dict[str, Path]) -> dict[str, str]:
+    """The image's warm caches as layers, never written as root here: a sandboxed process's
+    writes land in its own layer."""
+    return {
+        str(caches[name]): target
+        for name, target in SANDBOX_CACHES.items()
+        if caches[name].is_dir()
+    }
+
+
+def extra_readonly(config: RunnerConfig) -> list[str]:
+    extra = list(config.readonly_paths)
+    if config.source is not None and config.source.http is not None:
+        extra.append(str(HTTP_CHILD))
+    return extra
+
+
+def hidden_paths(config: RunnerConfig) -> list[str]:
+    return [str(config.root)] + ([str(config.builds)] if config.source is not None else [])
+
+
+def server_argv(config: RunnerConfig, *, sandboxed: bool = True) -> list[str]:
+    """The server's argv: the command as given, or a source deployment's entry in its build
+    (at /srv/app in the sandbox, where it is without one)."""
+    if config.source is None:
+        return config.command
+    http_child = [sys.executable, "-I", str(HTTP_CHILD)]
+    command = runner_source.server_command(config.source, config.command, http_child)
+    if sandboxed:
+        return command
+    rewrite = config.source.app_path(str(config.app_folder()))
+    return [rewrite(arg) for arg in command]
+
+
 def sandboxed(config: RunnerConfig, caches: dict[str, Path]) -> Server:
     """The server in the sandbox: writes its environment file and the launcher's profile."""
     problems = sandbox_profile.problems(sandbox_profile.DEFAULT_TOOLS_PATH, "the runner")
@@ -273,31 +335,30 @@ def sandboxed(config: RunnerConfig, caches: dict[str, Path]) -> Server:
             uv_cache=SANDBOX_CACHES["uv"],
         ),
     )
+    layers = warm_caches(caches)
+    app = config.app_folder()
+    if app is not None:
+        # The build, read-only to the server: its writes land in a layer of its own.
+        layers[str(app)] = runner_source.APP_MOUNT
     profile = sandbox_profile.build_profile(
         name=config.sandbox_name,
         uid=config.sandbox_uid,
         area=config.root / "sandbox",
         binds=SANDBOX_BINDS,
-        # The image's warm caches, never written as root here: the server's writes land in its
-        # own layer.
-        caches={
-            str(caches[name]): target
-            for name, target in SANDBOX_CACHES.items()
-            if caches[name].is_dir()
-        },
+        caches=layers,
         shared_writable={},
         environment_file=environment_file,
         tools=tools,
         limits=machine_limits(),
         launches=config.max_sessions if config.mode == "isolated" else 1,
-        readonly=sandbox_profile.readonly_paths(config.readonly_paths),
-        hidden=[str(config.root)],
+        readonly=sandbox_profile.readonly_paths(extra_readonly(config)),
+        hidden=hidden_paths(config),
         blocked=sandbox_profile.host_networks(),
         cgroup_root="/sys/fs/cgroup",
     )
     sandbox_profile.write_profile(profile_file, profile)
     return Server(
-        command=sandbox_profile.launcher_command(config.command, profile_file),
+        command=sandbox_profile.launcher_command(server_argv(config), profile_file),
         # The credentials never enter a root process's environment: the launcher hands the
         # server its own from the file.
         bridge_environment=dict(sandbox_profile.ROOT_ENVIRONMENT),
@@ -321,7 +382,7 @@ def unsandboxed(config: RunnerConfig, folders: dict[str, Path], caches: dict[str
         uv_cache=str(caches["uv"]),
     )
     return Server(
-        command=config.command,
+        command=server_argv(config, sandboxed=False),
         bridge_environment=environment,
         bridge_flags=[],
         description="UNSANDBOXED (CATWALK_UNSAFE_NO_SANDBOX is set)",
@@ -365,9 +426,102 @@ def say(message: str) -> None:
     print(f"{MESSAGE_PREFIX} {message}", file=sys.stderr, flush=True)
 
 
+def build_environment(*, home: str, tmp: str, npm_cache: str, uv_cache: str) -> dict[str, str]:
+    """A build step's environment: what the package managers need, never a credential."""
+    environment = sandbox_profile.package_environment(
+        home=home, tmp=tmp, npm_cache=npm_cache, uv_cache=uv_cache
+    )
+    # Install scripts may read CI to stay non-interactive; uv keeps its venv in the project.
+    environment.update({"CI": "true", "UV_PROJECT_ENVIRONMENT": ".venv"})
+    return environment
+
+
+def step_wrapper(config: RunnerConfig):
+    """How a build step runs: in the sandbox as the build uid with only the build's folder
+    writable (or, unsandboxed, in the folder itself)."""
+    caches = {name: config.root / "cache" / name for name in SANDBOX_CACHES}
+    if config.unsafe_no_sandbox:
+        scratch = config.root / "build"
+
+        def plain(argv: list[str], folder: str, app: Path):
+            for name in ("home", "tmp"):
+                (scratch / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+            environment = build_environment(
+                home=str(scratch / "home"),
+                tmp=str(scratch / "tmp"),
+                npm_cache=str(caches["npm"]),
+                uv_cache=str(caches["uv"]),
+            )
+            return argv, environment, str(app / folder)
+
+        return plain
+    problems = sandbox_profile.problems(sandbox_profile.DEFAULT_TOOLS_PATH, "the runner")
+    if problems:
+        raise ConfigError(f"refusing to build: the sandbox cannot run here ({'; '.join(problems)})")
+    tools, _ = sandbox_profile.find_tools(sandbox_profile.DEFAULT_TOOLS_PATH)
+    environment_file, profile_file = config.root / "build.env", config.root / "build.json"
+    sandbox_profile.write_environment(
+        environment_file,
+        build_environment(
+            home=SANDBOX_HOME,
+            tmp="/tmp",  # noqa: S108 - the sandbox's own
+            npm_cache=SANDBOX_CACHES["npm"],
+            uv_cache=SANDBOX_CACHES["uv"],
+        ),
+    )
+
+    def sandboxed_step(argv: list[str], folder: str, app: Path):
+        profile = sandbox_profile.build_profile(
+            name=f"{config.sandbox_name}-build",
+            uid=config.build_uid,
+            area=config.root / "build-sandbox",
+            binds=SANDBOX_BINDS,
+            caches=warm_caches(caches),
+            shared_writable={str(app): runner_source.APP_MOUNT},
+            environment_file=environment_file,
+            tools=tools,
+            limits=machine_limits(),
+            launches=1,
+            readonly=sandbox_profile.readonly_paths(config.readonly_paths),
+            hidden=hidden_paths(config),
+            blocked=sandbox_profile.host_networks(),
+            cgroup_root="/sys/fs/cgroup",
+        )
+        sandbox_profile.write_profile(profile_file, profile)
+        inside = f"{runner_source.APP_MOUNT}/{folder}".rstrip("/")
+        command = sandbox_profile.launcher_command(
+            [*runner_source.IN_FOLDER, inside, *argv], profile_file
+        )
+        return command, sandbox_profile.ROOT_ENVIRONMENT, str(config.root)
+
+    return sandboxed_step
+
+
+def build_source(config: RunnerConfig) -> None:
+    """A source deployment's build, made once into the volume before the bridge starts. A build
+    that fails keeps the machine answering /healthz with the reason until it is stopped."""
+    assert config.source is not None
+    config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config.builds.mkdir(mode=0o755, parents=True, exist_ok=True)
+    builder = runner_source.Builder(
+        spec=config.source,
+        builds=config.builds,
+        wrap=step_wrapper(config),
+        build_uid=None if config.unsafe_no_sandbox else config.build_uid,
+        say=say,
+        status=runner_source.BuildStatus(),
+    )
+    listen = parse_listen(config.listen)
+    if not runner_source.build_once(builder, (listen.host, listen.port)):
+        while True:  # SIGTERM ends it (build_once's handler exits 0)
+            signal.pause()
+
+
 def main() -> NoReturn:
     try:
         config = read_config(os.environ)
+        if config.source is not None:
+            build_source(config)
         launch = prepare(config)
     except ConfigError as exc:
         say(str(exc))

@@ -17,6 +17,7 @@ import importlib
 import json
 import re
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ class Runtime(ABC):
     # Whether a request relayed to a sleeping deployment wakes it by itself (Fly's proxy
     # does), so the gateway relays at once instead of waiting for it to run.
     proxy_wakes: bool = False
+    # Whether a source deployment is built in its own machine at first boot (Fly) rather than
+    # by a worker on this host before it starts.
+    builds_in_place: bool = False
 
     @classmethod
     def is_configured(cls) -> bool:
@@ -75,6 +79,10 @@ class Runtime(ABC):
     @abstractmethod
     def apply(self, deployment: Deployment) -> None:
         """Start moving the world toward the deployment's desired state. Never blocks long."""
+
+    @abstractmethod
+    def tear_down(self, deployment_id: uuid.UUID) -> None:
+        """Start removing what ran the deployment whose row was just deleted. Never blocks long."""
 
     @abstractmethod
     def wake(self, deployment: Deployment) -> None:

@@ -42,6 +42,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from analysis.models import Repository
+from analysis.recipe import Recipe
+from deployments import builds
 from deployments.crypto import DecryptionError
 from deployments.models import (
     TRANSITIONS,
@@ -66,7 +69,7 @@ from deployments.runtimes.base import (
     register,
 )
 from deployments.runtimes.fly_api import FlyClient, FlyError, iter_events
-from deployments.runtimes.local import SECRET_HEADER, session_settings
+from deployments.runtimes.local import APP_MOUNT, SECRET_HEADER, session_settings, source_entry
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +83,18 @@ LEASE_SECONDS = 120
 STARTING_RECHECK_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 10.0
 LOG_TIMEOUT_SECONDS = 5.0
+# Every open deployment page polls its logs: one read of Fly's logs API per app serves them all
+# for this long.
+LOG_CACHE_SECONDS = 3
 # Machine states, as Fly names them.
 UP_STATES = frozenset({"started"})
 COMING_UP_STATES = frozenset({"created", "starting", "replacing", "updating"})
 DOWN_STATES = frozenset({"stopped", "stopping", "suspended", "suspending"})
 FAILED_STATES = frozenset({"failed", "launch_failed"})
 GONE_STATES = frozenset({"destroyed", "destroying"})
+# A source deployment's build lives on a volume of its own, mounted here.
+VOLUME_NAME = "catwalk_builds"
+VOLUME_PATH = "/data"
 
 
 def app_name_for(deployment_id: uuid.UUID, suffix: str = "") -> str:
@@ -111,14 +120,53 @@ def app_secrets(deployment: Deployment) -> dict[str, str]:
     return values
 
 
+def source_spec(deployment: Deployment) -> tuple[dict, list[str]]:
+    """A source deployment's `CATWALK_SOURCE` (what the runner fetches and builds, once, into
+    its volume) and its server's entry command in the build. Raises PackageError."""
+    build = deployment.source_build
+    if build is None:
+        raise PackageError("the deployment has no source build")
+    try:
+        recipe = Recipe.from_meta(build.recipe)
+    except ValueError as exc:
+        raise PackageError(f"the build recipe cannot be used: {exc}") from None
+    owner, _, name = build.repository.partition("/")
+    if Repository.objects.filter(owner__iexact=owner, name__iexact=name, private=True).exists():
+        # The machine would need the owner's GitHub token, which Catwalk keeps to itself.
+        raise PackageError("private repositories cannot be built on Fly yet")
+    steps = [
+        {"what": what, "argv": argv, "folder": folder}
+        for what, argv, folder in builds.steps(recipe, uv="uv")
+    ]
+    http = None
+    if recipe.transport == "streamable-http":
+        http = {"port_argument": recipe.port_argument, "path": recipe.http_path}
+    spec = {
+        "archive": f"{settings.GITHUB_API_URL}/repos/{build.repository}/tarball/{build.commit_sha}",
+        "steps": steps,
+        "folder": recipe.folder,
+        "http": http,
+        "timeout_seconds": settings.BUILD_TIMEOUT_SECONDS,
+        "max_mb": settings.BUILD_MAX_MB,
+    }
+    return spec, [*source_entry(recipe, APP_MOUNT), *(deployment.entry_args or [])]
+
+
 def machine_config(deployment: Deployment) -> dict:
-    """The machine's config: no secret in it (they come from the app's secrets at boot)."""
+    """The machine's config: no secret in it (they come from the app's secrets at boot). A
+    source deployment's volume is mounted by the reconciler, which knows the volume's id."""
     cap, idle = session_settings(deployment)
-    command = deployment_command(deployment)
+    env = {"CATWALK_DEPLOYMENT": str(deployment.id)}
+    if deployment.package_registry == PackageRegistry.SOURCE:
+        spec, command = source_spec(deployment)
+        env["CATWALK_SOURCE"] = json.dumps(spec, sort_keys=True)
+        env["CATWALK_RUNNER_BUILDS"] = f"{VOLUME_PATH}/builds"
+    else:
+        command = deployment_command(deployment)
     return {
         "image": settings.FLY_RUNNER_IMAGE,
         "env": {
-            "CATWALK_DEPLOYMENT": str(deployment.id),
+            **env,
             "CATWALK_SERVER_COMMAND": json.dumps(command),
             "CATWALK_BRIDGE_MODE": deployment.process_model,
             "CATWALK_MAX_SESSIONS": str(cap),
@@ -163,9 +211,11 @@ def machine_config(deployment: Deployment) -> dict:
 @register
 class FlyRuntime(Runtime):
     kind = "fly"
-    registries = frozenset({PackageRegistry.NPM, PackageRegistry.PYPI})
+    registries = frozenset({PackageRegistry.NPM, PackageRegistry.PYPI, PackageRegistry.SOURCE})
     # Fly's proxy starts a stopped machine for a request relayed through it.
     proxy_wakes = True
+    # A source deployment is built by its runner at first boot, into its own volume.
+    builds_in_place = True
 
     @classmethod
     def is_configured(cls) -> bool:
@@ -175,6 +225,11 @@ class FlyRuntime(Runtime):
         from deployments.tasks import fly_sync
 
         fly_sync.delay_on_commit(str(deployment.id))
+
+    def tear_down(self, deployment_id: uuid.UUID) -> None:
+        from deployments.tasks import fly_sync
+
+        fly_sync.delay_on_commit(str(deployment_id))
 
     def wake(self, deployment: Deployment) -> None:
         """Fly's proxy wakes the machine; only ask for its status to be brought up to date
@@ -208,12 +263,17 @@ class FlyRuntime(Runtime):
         name = FlyApp.objects.filter(deployment_id=deployment.pk).values_list("name", flat=True)
         if not name:
             return []
-        try:
-            with FlyClient(retries=0, timeout=LOG_TIMEOUT_SECONDS) as client:
-                found, _ = client.logs(name[0])
-        except FlyError as exc:
-            return [f"(Fly's logs could not be read: {exc.message or exc.code})"]
-        return [line.message for line in found][-lines:] if lines > 0 else []
+        key = f"fly:logs:{name[0]}"
+        messages = cache.get(key)
+        if messages is None:
+            try:
+                with FlyClient(retries=0, timeout=LOG_TIMEOUT_SECONDS) as client:
+                    found, _ = client.logs(name[0])
+            except FlyError as exc:
+                return [f"(Fly's logs could not be read: {exc.message or exc.code})"]
+            messages = [line.message for line in found]
+            cache.set(key, messages, LOG_CACHE_SECONDS)
+        return messages[-lines:] if lines > 0 else []
 
 
 # --- the reconciler ---------------------------------------------------------------------------
@@ -344,6 +404,9 @@ def _reconcile(client: FlyClient, deployment: Deployment, app: FlyApp) -> Outcom
     if not _ensure_app(client, deployment, app):
         return Outcome(again=STARTING_RECHECK_SECONDS)
     _ensure_ip(client, app)
+    if deployment.package_registry == PackageRegistry.SOURCE:
+        _ensure_volume(client, deployment, app)
+        config["mounts"] = [{"volume": app.volume_id, "path": VOLUME_PATH}]
     _ensure_secrets(client, app, secret_values)
     machine = _ensure_machine(client, deployment, app, config)
     return _follow(client, deployment, app, machine)
@@ -374,6 +437,8 @@ def _ensure_app(client: FlyClient, deployment: Deployment, app: FlyApp) -> bool:
             secrets_digest="",
             secret_names=[],
             secrets_version=None,
+            volume_id="",
+            volume_region="",
         )
     try:
         client.create_app(app.name, settings.FLY_ORG, network=app.name)
@@ -404,6 +469,32 @@ def _ensure_ip(client: FlyClient, app: FlyApp) -> None:
     if not any(ip.get("type") == "private_v6" for ip in client.list_ips(app.name)):
         client.allocate_private_ip(app.name, settings.FLY_PLATFORM_NETWORK)
     _save(app, ip_allocated=True)
+
+
+def _ensure_volume(client: FlyClient, deployment: Deployment, app: FlyApp) -> None:
+    """The source deployment's volume (its build survives stops there): created once, adopted
+    after a create whose answer was lost, created again if it vanished."""
+    found = [v for v in client.list_volumes(app.name) if v.get("name") == VOLUME_NAME]
+    if app.volume_id and any(v.get("id") == app.volume_id for v in found):
+        return
+    if app.volume_id:
+        # The machine is updated to mount the new one (its config changes with the volume's id).
+        _event(deployment, EventKind.ERROR, "Its Fly volume is gone; it builds again on a new one.")
+    if found:
+        volume = found[0]
+    else:
+        try:
+            volume = client.create_volume(
+                app.name, VOLUME_NAME, settings.FLY_REGION, settings.FLY_SOURCE_VOLUME_GB
+            )
+        except FlyError as exc:
+            if not exc.ambiguous:
+                raise
+            found = [v for v in client.list_volumes(app.name) if v.get("name") == VOLUME_NAME]
+            if not found:
+                raise
+            volume = found[0]
+    _save(app, volume_id=volume["id"], volume_region=str(volume.get("region") or ""))
 
 
 def _ensure_secrets(client: FlyClient, app: FlyApp, values: dict[str, str]) -> None:
@@ -465,8 +556,10 @@ def _deadline():
 
 def _create_body(app: FlyApp, config: dict) -> dict:
     body = {"name": f"{app.name}-1"[:63], "config": config}
-    if settings.FLY_REGION:
-        body["region"] = settings.FLY_REGION
+    # A machine with a volume runs where its volume is.
+    region = app.volume_region if config.get("mounts") else settings.FLY_REGION
+    if region:
+        body["region"] = region
     if app.secrets_version is not None:
         body["min_secrets_version"] = app.secrets_version
     return body
@@ -530,9 +623,22 @@ def _follow(client: FlyClient, deployment: Deployment, app: FlyApp, machine: dic
             # from being stopped.
             return Outcome()
         health = _bridge_health(deployment)
+        building = health is not None and health.get("phase") == "build"
+        if building and health.get("status") == "crashed":
+            # Building again would fail the same way: the machine need not run meanwhile.
+            client.stop_machine(app.name, machine["id"])
+            _fail(deployment, app, str(health.get("last_error") or "The build failed."))
+            return Outcome()
         if health is not None and health.get("status") == "crashed":
             _fail(deployment, app, crash_reason(health))
             return Outcome()
+        if building:
+            # The runner limits each step's time itself; the start deadline counts from the
+            # build's end.
+            _save(app, start_deadline=_deadline())
+            if deployment.status != Status.STARTING:
+                _move(deployment, Status.STARTING, "Its Fly machine is building it from source.")
+            return Outcome(again=STARTING_RECHECK_SECONDS)
         if deployment.status == Status.RUNNING:
             return Outcome()
         if health is None or health.get("status") in ("starting", "restarting"):

@@ -1,13 +1,14 @@
 """A client of the Fly.io Machines REST API (and of Fly's logs API), as the Fly runtime uses it.
 
-Only the documented subset Catwalk needs: apps, machines, app secrets, IP assignments and logs.
-Base URLs and the token come from settings, so tests point the same code at a stand-in.
+Only the documented subset Catwalk needs: apps, machines, volumes, app secrets, IP assignments
+and logs. Base URLs and the token come from settings, so tests point the same code at a stand-in.
 
 Fly answers errors as `{"error": "...", "status": "..."}`. Like flyctl, requests are retried
 with exponential backoff (and jitter) on 408, 429 and 5xx and on connection failures, honouring
-`Retry-After` when present; what is left after the retries is a `FlyError`. A machine create is
-not idempotent and is never retried blindly here: `deployments/runtimes/fly.py` lists and adopts
-after an ambiguous answer.
+`Retry-After` when present; what is left after the retries is a `FlyError`. Creating a machine
+or a volume is not idempotent and is never retried blindly here: after an ambiguous answer the
+caller lists and adopts (machines by their metadata, as `deployments/runtimes/fly.py` does;
+volumes by their name).
 
 Nothing here logs a request or response body: secrets travel in them.
 """
@@ -258,6 +259,28 @@ class FlyClient:
     def machine_events(self, app: str, machine_id: str) -> list[dict]:
         body = self.request("GET", f"/apps/{_seg(app)}/machines/{_seg(machine_id)}/events").json()
         return [event for event in body or [] if isinstance(event, dict)]
+
+    # --- volumes --------------------------------------------------------------------------
+    def create_volume(self, app: str, name: str, region: str, size_gb: int) -> dict:
+        """Create a volume (in Fly's default region when `region` is empty). Not retried: see
+        the module's docstring; Fly allows several volumes of one name."""
+        body: dict[str, Any] = {"name": name, "size_gb": size_gb}
+        if region:
+            body["region"] = region
+        return self.request("POST", f"/apps/{_seg(app)}/volumes", json=body, retry=False).json()
+
+    def list_volumes(self, app: str) -> list[dict]:
+        """The app's volumes; none for an app that is not there (or not ours)."""
+        response = self.request("GET", f"/apps/{_seg(app)}/volumes", accept=frozenset({403, 404}))
+        if response.status_code in (403, 404):
+            return []
+        return [v for v in response.json() or [] if isinstance(v, dict)]
+
+    def delete_volume(self, app: str, volume_id: str) -> None:
+        """Delete a volume (its data with it); one that is already gone is no error."""
+        self.request(
+            "DELETE", f"/apps/{_seg(app)}/volumes/{_seg(volume_id)}", accept=frozenset({404})
+        )
 
     # --- logs (Fly's platform API, not the Machines API) ----------------------------------
     def logs(self, app: str, next_token: str = "") -> tuple[list[LogLine], str]:

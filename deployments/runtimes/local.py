@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -629,6 +630,10 @@ class LocalRuntime(Runtime):
         return settings.LOCAL_RUNTIME_ENABLED
 
     def apply(self, deployment: Deployment) -> None:
+        nudge_supervisor()
+
+    def tear_down(self, deployment_id: uuid.UUID) -> None:
+        # The supervisor stops the bridge of a deployment whose row is gone.
         nudge_supervisor()
 
     def wake(self, deployment: Deployment) -> None:

@@ -6,8 +6,10 @@ surfaces under `base_url`:
 - `{base}/v1` — the Machines API (FLY_API_URL), Bearer (or `FlyV1`) token checked: apps
   (POST, GET, DELETE), machines (create, get, list with `metadata.KEY=VALUE`, `state`, `region`
   and `include_deleted` filters, update with `current_version`, start, stop, wait with a 408 on
-  timeout, delete with `force`, events), app secrets (set/unset in bulk with a version; listing
-  gives names and digests only) and ip_assignments. Errors are Fly's `{"error", "status"}`.
+  timeout, delete with `force`, events; `config.mounts` with at most one volume), volumes
+  (create, list, get, delete; one attached to a machine cannot be deleted; an app's volumes go
+  with it), app secrets (set/unset in bulk with a version; listing gives names and digests only)
+  and ip_assignments. Errors are Fly's `{"error", "status"}`.
 - `{base}/api/v1/apps/{app}/logs` — the logs API (FLY_LOGS_API_URL), paged with `next_token`.
 - `{base}/proxy/{app}/…` — Fly's proxy, standing for `http://<app>.flycast` (FLY_RELAY_URL is
   `relay_url(app)`): it forwards method, path, query, headers and body to a started machine of the
@@ -17,15 +19,17 @@ surfaces under `base_url`:
 Machines really run: starting one launches `runner_command` (by default `python -m
 mcpgateway.runner` with this interpreter, cwd = the project root) in its own process group, with
 the environment Fly would give (config env, the app's latest secrets, FLY_*) plus
-CATWALK_RUNNER_LISTEN/ROOT/SANDBOX_UID. A machine is `started` once its health check path (the
-config's first http check, else /healthz) answers 200. Its stdout and stderr lines become the
-app's logs. A process that exits on its own is restarted per the restart policy; stop sends the
-stop signal and SIGKILL after the stop timeout; a started machine with an `autostop` service and
-nothing in flight (an open stream counts) for `idle_stop_seconds` is stopped.
+CATWALK_RUNNER_LISTEN/ROOT/SANDBOX_UID; a mounted volume is a local directory that outlives its
+boots (see below). A machine is `started` once its health check path (the config's first http
+check, else /healthz) answers at all, whatever its status. Its stdout and stderr lines become
+the app's logs. A process that exits on its own is restarted per the restart policy; stop sends
+the stop signal and SIGKILL after the stop timeout; a started machine with an `autostop`
+service and nothing in flight (an open stream counts) for `idle_stop_seconds` is stopped.
 
 Tests steer it with faults (`fail_next`, `never_start`, `delete_app_behind_the_back`) and read it
 through `requests` (every request with its parsed JSON body), `calls` (a counter per method and
-route template) and lookups (`apps`, `machines`, `logs`, `secrets`, `boot_env`, `launched_pids`).
+route template) and lookups (`apps`, `machines`, `volumes`, `volume_path`, `logs`, `secrets`,
+`boot_env`, `launched_pids`).
 `close()` (or leaving the `with` block) stops every process and the server thread.
 
 Where it deliberately differs from Fly:
@@ -34,10 +38,18 @@ Where it deliberately differs from Fly:
   recorded but not used; guest sizes are not enforced; every machine of every region is local.
 - A boot gets a fresh, empty CATWALK_RUNNER_ROOT (as a Fly machine gets a fresh root filesystem);
   the environment starts from PATH and LANG of this host plus PYTHONUNBUFFERED, as the image sets.
-- `started` means the health check passes (Fly reports `started` once the process runs and
-  reports checks separately) so tests can rely on a started machine answering.
-- No rate limits, leases, suspend, volumes or public IPs unless a test injects them with
-  `fail_next`; a proxied request body is read whole before it is forwarded (answers stream).
+- A volume is a directory on this host (`volume_path`), made at the first boot that mounts it and
+  kept across stops, restarts and updates until the volume or its app is deleted; its size,
+  encryption and zone are recorded, not enforced. Nothing is mounted at the mount path: instead
+  every `config.env` value that is the mount path or starts with `<mount path>/` reaches the
+  process with that part replaced by the directory (`/data/builds` → `<directory>/builds`).
+  A machine that mounts a volume takes the volume's region, whatever region it asked for.
+- `started` means the health check path answers (with any status: a crashed server's bridge
+  answers 503), not just that the process runs, so tests can rely on a started machine
+  answering; the checks themselves are not reported.
+- No rate limits, leases, suspend, volume snapshots or extension, or public IPs unless a test
+  injects them with `fail_next`; a proxied request body is read whole before it is forwarded
+  (answers stream).
 - Proxy failures: an unknown app, an app without a `private_v6` address, or no machine that can
   serve within `proxy_start_timeout` → 503; a machine that cannot be reached → 502.
 - Starting a machine that is already starting or started is a no-op answered with its
@@ -93,6 +105,10 @@ DEFAULT_MAX_RETRIES = 10
 MAX_WAIT_SECONDS = 60
 LOG_PAGE_SIZE = 100
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
+VOLUME_ID = re.compile(r"^vol_[a-z0-9]{16,20}$")
+REGION = re.compile(r"^[a-z]{3}$")
+MAX_VOLUME_GB = 500
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 HOP_BY_HOP = {
@@ -180,12 +196,25 @@ class _Machine:
 
 
 @dataclass(eq=False)
+class _Volume:
+    id: str
+    name: str
+    region: str
+    zone: str
+    size_gb: int
+    encrypted: bool
+    created_at: str
+    attached_machine_id: str | None = None
+
+
+@dataclass(eq=False)
 class _App:
     name: str
     org_slug: str
     network: str
     id: str
     machines: dict[str, _Machine] = field(default_factory=dict)
+    volumes: dict[str, _Volume] = field(default_factory=dict)
     secrets: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (value, created)
     secrets_version: int = 0
     ips: list[dict] = field(default_factory=list)
@@ -199,6 +228,11 @@ def _now_iso() -> str:
 def _instance_id() -> str:
     alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
     return "01" + "".join(secrets.choice(alphabet) for _ in range(24))
+
+
+def _volume_id() -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "vol_" + "".join(secrets.choice(alphabet) for _ in range(16))
 
 
 def _free_port() -> int:
@@ -257,6 +291,33 @@ def _validate_config(config: Any) -> dict:
         if service.get("autostop") in ("off", "stop"):
             service["autostop"] = service["autostop"] == "stop"
     return stored
+
+
+def _mount(config: dict) -> dict | None:
+    """The config's one mount (`{"volume", "path"}`), or None; its shape is checked."""
+    mounts = config.get("mounts")
+    if mounts is None or mounts == []:
+        return None
+    if not isinstance(mounts, list) or len(mounts) != 1 or not isinstance(mounts[0], dict):
+        raise FlyError(422, "config.mounts must be a list of at most one {volume, path} object")
+    mount = mounts[0]
+    if not isinstance(mount.get("volume"), str) or not mount["volume"]:
+        raise FlyError(422, "config.mounts[0].volume must be a volume id")
+    path = mount.get("path")
+    parts = path.strip("/").split("/") if isinstance(path, str) else []
+    if not isinstance(path, str) or not path.startswith("/") or not path.strip("/"):
+        raise FlyError(422, f"config.mounts[0].path must be absolute and not /: {path!r}")
+    if any(part in ("", ".", "..") for part in parts):
+        raise FlyError(422, f"config.mounts[0].path must be a plain absolute path: {path!r}")
+    return mount
+
+
+def _on_volume(value: str, mount_path: str, local: Path) -> str:
+    """`value` with the mount path at its start replaced by the volume's local directory."""
+    mount_path = mount_path.rstrip("/")
+    if value == mount_path or value.startswith(mount_path + "/"):
+        return str(local) + value[len(mount_path) :]
+    return value
 
 
 def _signal(name: Any) -> signal.Signals:
@@ -432,6 +493,17 @@ class FlyStandin:
         """The app's machines as the API shows them, destroyed ones included."""
         return self._call(lambda: [self._machine_json(m) for m in self._app(app).machines.values()])
 
+    def volumes(self, app: str) -> list[dict]:
+        """The app's volumes as the API shows them."""
+        return self._call(lambda: [self._volume_json(v) for v in self._app(app).volumes.values()])
+
+    def volume_path(self, volume_id: str) -> Path:
+        """The local directory holding the volume's data: made at the first boot that mounts it,
+        removed with the volume (or its app)."""
+        if not VOLUME_ID.match(volume_id):
+            raise ValueError(f"not a volume id: {volume_id!r}")
+        return self._root / "volumes" / volume_id
+
     def logs(self, app: str) -> list[str]:
         """The app's log messages (its machines' stdout and stderr lines), oldest first."""
         return self._call(lambda: [e["attributes"]["message"] for e in self._app(app).logs])
@@ -534,6 +606,10 @@ class FlyStandin:
             ("POST", "/v1/apps/{app}/machines/{machine}/stop", self._stop_machine),
             ("GET", "/v1/apps/{app}/machines/{machine}/wait", self._wait_machine),
             ("GET", "/v1/apps/{app}/machines/{machine}/events", self._machine_events),
+            ("POST", "/v1/apps/{app}/volumes", self._create_volume),
+            ("GET", "/v1/apps/{app}/volumes", self._list_volumes),
+            ("GET", "/v1/apps/{app}/volumes/{volume}", self._get_volume),
+            ("DELETE", "/v1/apps/{app}/volumes/{volume}", self._delete_volume),
             ("POST", "/v1/apps/{app}/secrets", self._set_secrets),
             ("GET", "/v1/apps/{app}/secrets", self._list_secrets),
             ("GET", "/v1/apps/{app}/ip_assignments", self._list_ips),
@@ -620,6 +696,12 @@ class FlyStandin:
             raise FlyError(404, f"machine not found: {machine_id}")
         return machine
 
+    def _volume(self, app: _App, volume_id: str) -> _Volume:
+        volume = app.volumes.get(volume_id)
+        if volume is None:
+            raise FlyError(404, f"volume not found: {volume_id}")
+        return volume
+
     def _live_machine(self, request: Request) -> _Machine:
         app = self._app(request.path_params["app"])
         machine = self._machine(app, request.path_params["machine"])
@@ -674,6 +756,20 @@ class FlyStandin:
             "host_status": "ok",
         }
 
+    def _volume_json(self, volume: _Volume, state: str = "created") -> dict:
+        return {
+            "id": volume.id,
+            "name": volume.name,
+            "state": state,
+            "size_gb": volume.size_gb,
+            "region": volume.region,
+            "zone": volume.zone,
+            "encrypted": volume.encrypted,
+            "created_at": volume.created_at,
+            "attached_machine_id": volume.attached_machine_id,
+            "attached_alloc_id": None,
+        }
+
     # ---- apps ------------------------------------------------------------------------------
 
     async def _create_app(self, request: Request, body: Any) -> tuple[int, Any]:
@@ -707,6 +803,8 @@ class FlyStandin:
             await self._kill(machine)
             self._event(machine, "destroy", "destroyed", source)
             self._set_state(machine, "destroyed")
+        for volume in list(app.volumes.values()):
+            self._drop_volume(app, volume)
 
     # ---- machines --------------------------------------------------------------------------
 
@@ -715,6 +813,7 @@ class FlyStandin:
         body = _require_object(body)
         config = _validate_config(body.get("config"))
         self._check_secrets_version(app, body.get("min_secrets_version"))
+        volume = self._mounted_volume(app, config, None)
         machine_id = secrets.token_hex(7)
         now = _now_iso()
         index = len(app.machines) + 1
@@ -722,7 +821,7 @@ class FlyStandin:
             id=machine_id,
             app=app.name,
             name=body.get("name") or f"{app.name}-{machine_id[:6]}",
-            region=body.get("region") or self.region,
+            region=volume.region if volume else body.get("region") or self.region,
             config=config,
             private_ip=f"fdaa:0:1:a7b:{index:x}:{machine_id[:4]}:{machine_id[4:8]}:2",
             public_ip=f"2a09:8280:1::{index:x}",
@@ -732,6 +831,8 @@ class FlyStandin:
             updated_at=now,
         )
         app.machines[machine_id] = machine
+        if volume is not None:
+            volume.attached_machine_id = machine_id
         self._event(machine, "launch", "created", "user")
         answer = self._machine_json(machine)
         if not body.get("skip_launch"):
@@ -776,9 +877,16 @@ class FlyStandin:
                 412,
                 f"machine version {current} is not the current version {machine.instance_id}",
             )
-        self._check_secrets_version(self._apps[machine.app], body.get("min_secrets_version"))
+        app = self._apps[machine.app]
+        self._check_secrets_version(app, body.get("min_secrets_version"))
+        volume = self._mounted_volume(app, config, machine.id)
+        if volume is not None:
+            volume.attached_machine_id = machine.id  # taken now; what it had is let go once stopped
         async with machine.lock:
             await self._stop(machine, source="user")
+            self._detach(app, machine, keep=volume)
+            if volume is not None:
+                machine.region = volume.region
             machine.config = config
             machine.instance_id = _instance_id()
             self._event(machine, "update", "completed", "user")
@@ -836,6 +944,7 @@ class FlyStandin:
             self._event(machine, "destroy", "destroying", "user")
             await self._kill(machine)
             self._set_state(machine, "destroyed")
+            self._detach(self._apps[machine.app], machine)
         return 200, {"ok": True}
 
     async def _machine_events(self, request: Request, body: Any) -> tuple[int, Any]:
@@ -854,6 +963,81 @@ class FlyStandin:
                 f"min_secrets_version {version} is newer than the app's secrets "
                 f"(version {app.secrets_version})",
             )
+
+    def _mounted_volume(self, app: _App, config: dict, machine_id: str | None) -> _Volume | None:
+        """The volume the config mounts, if any: it must be the app's and free for this machine."""
+        mount = _mount(config)
+        if mount is None:
+            return None
+        volume = app.volumes.get(mount["volume"])
+        if volume is None:
+            raise FlyError(422, f"volume not found in app {app.name}: {mount['volume']}")
+        if volume.attached_machine_id not in (None, machine_id):
+            raise FlyError(
+                422,
+                f"volume {volume.id} is already attached to machine {volume.attached_machine_id}",
+            )
+        return volume
+
+    @staticmethod
+    def _detach(app: _App, machine: _Machine, keep: _Volume | None = None) -> None:
+        for volume in app.volumes.values():
+            if volume.attached_machine_id == machine.id and volume is not keep:
+                volume.attached_machine_id = None
+
+    # ---- volumes ---------------------------------------------------------------------------
+
+    async def _create_volume(self, request: Request, body: Any) -> tuple[int, Any]:
+        app = self._app(request.path_params["app"])
+        body = _require_object(body)
+        name, size, region = body.get("name"), body.get("size_gb"), body.get("region")
+        encrypted = body.get("encrypted", True)
+        if not isinstance(name, str) or not VOLUME_NAME.match(name):
+            raise FlyError(
+                400,
+                f"invalid volume name {name!r}: use at most 30 lowercase letters, digits and _",
+            )
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_VOLUME_GB:
+            raise FlyError(400, f"size_gb must be a whole number from 1 to {MAX_VOLUME_GB}")
+        if region is not None and not (isinstance(region, str) and REGION.match(region)):
+            raise FlyError(400, f"invalid region: {region!r}")
+        if not isinstance(encrypted, bool):
+            raise FlyError(400, "encrypted must be true or false")
+        volume = _Volume(
+            id=_volume_id(),
+            name=name,
+            region=region or self.region,
+            zone=secrets.token_hex(2),
+            size_gb=size,
+            encrypted=encrypted,
+            created_at=_now_iso(),
+        )
+        app.volumes[volume.id] = volume
+        return 200, self._volume_json(volume)
+
+    async def _list_volumes(self, request: Request, body: Any) -> tuple[int, Any]:
+        app = self._app(request.path_params["app"])
+        return 200, [self._volume_json(v) for v in app.volumes.values()]
+
+    async def _get_volume(self, request: Request, body: Any) -> tuple[int, Any]:
+        app = self._app(request.path_params["app"])
+        return 200, self._volume_json(self._volume(app, request.path_params["volume"]))
+
+    async def _delete_volume(self, request: Request, body: Any) -> tuple[int, Any]:
+        app = self._app(request.path_params["app"])
+        volume = self._volume(app, request.path_params["volume"])
+        if volume.attached_machine_id is not None:
+            raise FlyError(
+                422,
+                f"volume {volume.id} is attached to machine {volume.attached_machine_id}: "
+                "destroy the machine first",
+            )
+        self._drop_volume(app, volume)
+        return 200, self._volume_json(volume, state="destroyed")
+
+    def _drop_volume(self, app: _App, volume: _Volume) -> None:
+        app.volumes.pop(volume.id, None)
+        shutil.rmtree(self.volume_path(volume.id), ignore_errors=True)
 
     # ---- secrets, IPs, logs ----------------------------------------------------------------
 
@@ -991,11 +1175,17 @@ class FlyStandin:
         root = self._root / machine.id
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
+        config_env = dict(machine.config.get("env") or {})
+        mount = _mount(machine.config)
+        if mount is not None:
+            local = self.volume_path(mount["volume"])
+            local.mkdir(parents=True, exist_ok=True)
+            config_env = {k: _on_volume(v, mount["path"], local) for k, v in config_env.items()}
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
-            **(machine.config.get("env") or {}),
+            **config_env,
             **{name: value for name, (value, _) in app.secrets.items()},
             "FLY_APP_NAME": app.name,
             "FLY_MACHINE_ID": machine.id,
@@ -1066,7 +1256,8 @@ class FlyStandin:
         url = f"http://127.0.0.1:{boot.port}{_health_path(machine)}"
         while machine.boot is boot and machine.state == "starting" and not boot.exited.is_set():
             with contextlib.suppress(httpx.HTTPError):
-                if (await self._http.get(url, timeout=2.0)).status_code == 200:
+                # Any answer: the machine's process runs (a failing check is reported apart).
+                if (await self._http.get(url, timeout=2.0)).status_code:
                     if machine.boot is boot and machine.state == "starting":
                         machine.idle_since = time.monotonic()
                         self._set_state(machine, "started")

@@ -575,3 +575,28 @@ def test_a_second_deployment_of_the_same_commit_reuses_its_build(
     assert Deployment.objects.get().source_build == build
     assert SourceBuild.objects.count() == 1
     assert len(queued) == 1  # only telling the runtime: nothing to build
+
+
+def test_on_fly_the_commit_is_pinned_and_built_by_the_deployments_machine_not_a_worker(
+    owner_client, source_analysis, django_capture_on_commit_callbacks, settings
+):
+    settings.FLY_API_TOKEN, settings.FLY_ORG = "fly-token", "acme"
+    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
+
+    with django_capture_on_commit_callbacks() as queued:
+        response = owner_client.post(
+            url(source_analysis),
+            {
+                "deployment-name": "weather",
+                "deployment-process_model": ProcessModel.SHARED,
+                "deployment-runtime": "fly",
+                "WEATHER_API_KEY": API_KEY,
+            },
+        )
+
+    assert response.status_code == 303
+    deployment = Deployment.objects.get()
+    assert deployment.runtime == "fly"
+    build = deployment.source_build
+    assert (build.commit_sha, build.status) == ("c" * 40, BuildStatus.ELSEWHERE)
+    assert len(queued) == 1  # only the Fly reconciler: no worker builds it

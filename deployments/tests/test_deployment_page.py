@@ -326,3 +326,25 @@ def test_restarting_a_stopped_deployment_says_to_start_it_instead(owner_client, 
     assert b"idle is stopped; start it instead" in response.content
     stopped.refresh_from_db()
     assert stopped.restart_requested_at is None
+
+
+def test_a_source_deployment_built_by_its_fly_machine_offers_no_redeploy(
+    owner_client, owner, settings
+):
+    from deployments import builds
+    from deployments.tests.test_configure import RECIPE
+
+    settings.FLY_API_TOKEN, settings.FLY_ORG = "fly-token", "acme"
+    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
+    build = builds.pin("acme/echo", "", "e" * 40, RECIPE, user=owner)
+    deployment = make_deployment(owner, "echo", status=Status.STARTING, runtime="fly")
+    Deployment.objects.filter(pk=deployment.pk).update(
+        source_build=build, package_registry="source"
+    )
+
+    response = owner_client.get(page(deployment))
+
+    assert response.status_code == 200
+    assert b"Built where it runs" in response.content
+    assert b"Built by its own machine at first boot" in response.content
+    assert b"Redeploy at the newest commit" not in response.content

@@ -98,7 +98,8 @@ def test_a_job_machine_that_never_starts_is_a_result_not_a_hang(fly_jobs, standi
     assert standin.apps() == []
 
 
-def test_builds_fail_with_the_reason_instead_of_running_on_the_platform(db, fly_jobs):
+def test_builds_fail_with_the_reason_instead_of_running_on_the_platform(db, fly_jobs, tmp_path):
+    fly_jobs.DATA_DIR = tmp_path
     build = SourceBuild.objects.create(
         repository="acme/server", commit_sha="a" * 40, recipe={}, recipe_hash="h"
     )
@@ -107,4 +108,5 @@ def test_builds_fail_with_the_reason_instead_of_running_on_the_platform(db, fly_
 
     build.refresh_from_db()
     assert build.status == BuildStatus.FAILED
-    assert "do not run on this Catwalk" in build.error
+    assert "do not run on this Catwalk's own machines" in build.error
+    assert "Deploy it on Fly.io Machines" in build.error

@@ -46,6 +46,16 @@ def settle(deployment: Deployment, timeout: float = 90) -> Deployment:
     return deployment
 
 
+def delete_and_settle(deployment: Deployment) -> None:
+    """Delete the deployment as its owner does, then reconcile until Fly is cleaned up."""
+    key = str(deployment.id)
+    services.delete_deployment(deployment)
+    deadline = time.monotonic() + 90
+    while (outcome := fly.sync(key)).again is not None:
+        assert time.monotonic() < deadline, "the teardown did not settle"
+        time.sleep(min(outcome.again, 0.25))
+
+
 def deploy(owner, **options) -> Deployment:
     deployment, _ = deploy_fixture_server(owner, runtime="fly", **options)
     return deployment
@@ -290,8 +300,7 @@ def test_deleting_the_deployment_leaves_nothing_behind_on_fly(db, owner, fly_set
     deployment = settle(deploy(owner))
     app = app_of(deployment)
 
-    services.delete_deployment(deployment)
-    settle(deployment)
+    delete_and_settle(deployment)
 
     assert standin.apps() == []
     assert not FlyApp.objects.filter(pk=app.pk).exists()
@@ -302,8 +311,13 @@ def test_logs_come_from_flys_logs_api(db, owner, fly_settings, standin):
     deployment = settle(deploy(owner))
 
     lines = fly.FlyRuntime().logs(deployment)
+    reads = sum(1 for r in standin.requests if r.path.endswith("/logs"))
+    again = fly.FlyRuntime().logs(deployment, lines=1)
 
     assert any("catwalk-bridge listening" in line for line in lines), lines
+    # Open pages poll every few seconds: one read of Fly's logs API serves them for a while.
+    assert again == lines[-1:]
+    assert sum(1 for r in standin.requests if r.path.endswith("/logs")) == reads
 
 
 def test_fly_errors_keep_flys_status_and_code(fly_settings, standin):
@@ -326,8 +340,7 @@ def test_a_deployment_deleted_after_an_ambiguous_app_create_leaves_no_app(
     assert standin.apps() == [fly.app_name_for(deployment.id)]
     assert not app_of(deployment).app_created
 
-    services.delete_deployment(deployment)
-    settle(deployment)
+    delete_and_settle(deployment)
 
     assert standin.apps() == []
     assert not FlyApp.objects.exists()

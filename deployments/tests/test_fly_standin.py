@@ -1,8 +1,9 @@
 """The Fly stand-in speaks Fly's API, really runs machines, and injects the faults tests need.
 
 Machines here run a tiny runner of this file's own (FAKE_RUNNER): an HTTP server on
-CATWALK_RUNNER_LISTEN answering /healthz, showing its environment, streaming SSE on demand and
-exiting or ignoring SIGTERM when its config asks, so these tests do not depend on the real runner.
+CATWALK_RUNNER_LISTEN answering /healthz, showing its environment, keeping a note in the file
+FAKE_NOTE names, streaming SSE on demand and exiting or ignoring SIGTERM when its config asks, so
+these tests do not depend on the real runner.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 import psutil
 import pytest
 
+from deployments.runtimes.fly_api import FlyClient, FlyError
 from deployments.tests.fly_standin import FlyStandin
 
 FAKE_RUNNER = r"""
@@ -58,6 +60,9 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(200, dict(os.environ))
         elif self.path == "/pid":
             self.answer(200, os.getpid())
+        elif self.path == "/note":
+            note = os.environ["FAKE_NOTE"]
+            self.answer(200, open(note).read() if os.path.exists(note) else None)
         elif self.path == "/events":
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -77,6 +82,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.path == "/release":
             release.set()
+        elif self.path == "/note":
+            os.makedirs(os.path.dirname(os.environ["FAKE_NOTE"]), exist_ok=True)
+            with open(os.environ["FAKE_NOTE"], "w") as note:
+                note.write(body.decode())
         self.answer(200, {"path": self.path, "body": body.decode(), "headers": dict(self.headers)})
 
 print("fake runner listening on", port, flush=True)
@@ -161,6 +170,15 @@ def api(fly: FlyStandin) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
+def client(fly: FlyStandin) -> Iterator[FlyClient]:
+    """The Fly runtime's own API client, retrying quickly."""
+    with FlyClient(
+        api_url=fly.api_url, logs_url=fly.logs_api_url, token=fly.token, retries=3, backoff=0.01
+    ) as client:
+        yield client
+
+
+@pytest.fixture
 def proxy(fly: FlyStandin) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=fly.proxy_url, trust_env=False, timeout=60) as client:
         yield client
@@ -180,6 +198,10 @@ def launch(api: httpx.Client, app: str, config: dict | None = None, **body: Any)
     machine = answer.json()
     wait(api, app, machine["id"], "started")
     return machine
+
+
+def mounted(config: dict, volume_id: str, path: str = "/data") -> dict:
+    return {**config, "mounts": [{"volume": volume_id, "path": path}]}
 
 
 def wait(api: httpx.Client, app: str, machine_id: str, state: str) -> None:
@@ -497,6 +519,172 @@ def test_the_logs_api_pages_machine_output_with_next_token(fly, api):
         assert [e["attributes"]["message"] for e in later["data"]] == ["got SIGTERM"]
 
 
+# ---- volumes -----------------------------------------------------------------------------
+
+
+def test_volumes_are_created_listed_read_and_deleted(fly, api, client):
+    app = create_app(api)
+    volume = client.create_volume(app, "catwalk_data", "ams", 3)
+    assert volume["id"].startswith("vol_") and len(volume["id"]) == 20
+    assert volume["id"][4:].isalnum() and volume["id"][4:].islower()
+    assert {key: volume[key] for key in ("name", "state", "size_gb", "region", "encrypted")} == {
+        "name": "catwalk_data",
+        "state": "created",
+        "size_gb": 3,
+        "region": "ams",
+        "encrypted": True,
+    }
+    assert volume["zone"] and volume["created_at"]
+    assert volume["attached_machine_id"] is None and volume["attached_alloc_id"] is None
+    default = client.create_volume(app, "catwalk_data", "", 1)  # Fly lets two volumes share a name
+    assert default["region"] == fly.region and default["id"] != volume["id"]
+    assert "region" not in fly.requests[-1].body
+
+    assert [v["id"] for v in client.list_volumes(app)] == [volume["id"], default["id"]]
+    assert fly.volumes(app) == client.list_volumes(app)
+    assert api.get(f"/apps/{app}/volumes/{volume['id']}").json() == volume
+    client.delete_volume(app, volume["id"])
+    assert [v["id"] for v in client.list_volumes(app)] == [default["id"]]
+    error(api.get(f"/apps/{app}/volumes/{volume['id']}"), 404, "not_found")
+    error(api.delete(f"/apps/{app}/volumes/{volume['id']}"), 404, "not_found")
+    client.delete_volume(app, volume["id"])  # already gone: no error
+    assert client.list_volumes("cw-no-such-app") == []
+    assert fly.calls[("POST", "/v1/apps/{app}/volumes")] == 2
+    assert fly.calls[("GET", "/v1/apps/{app}/volumes/{volume}")] == 2
+    assert fly.calls[("DELETE", "/v1/apps/{app}/volumes/{volume}")] == 3
+
+
+def test_volume_names_and_sizes_are_checked(api, client):
+    app = create_app(api)
+    url = f"/apps/{app}/volumes"
+    for name in ("Data", "my-data", "a" * 31, "", None, 7):
+        answer = api.post(url, json={"name": name, "size_gb": 1})
+        assert "name" in error(answer, 400, "invalid_argument"), name
+    for size in (0, -1, "1", 1.5, True, None, 501):
+        answer = api.post(url, json={"name": "data", "size_gb": size})
+        assert "size_gb" in error(answer, 400, "invalid_argument"), size
+    error(
+        api.post(url, json={"name": "data", "size_gb": 1, "region": "Ams!"}),
+        400,
+        "invalid_argument",
+    )
+    error(api.post(url, json=["data"]), 400, "invalid_argument")
+    assert api.get(url).json() == []
+    error(api.post("/apps/cw-nope/volumes", json={"name": "data", "size_gb": 1}), 404, "not_found")
+    error(api.get("/apps/cw-nope/volumes"), 404, "not_found")
+    error(api.get(f"{url}/vol_0123456789abcdef"), 404, "not_found")
+    with pytest.raises(FlyError) as raised:
+        client.create_volume(app, "Not_Valid", "", 1)
+    assert raised.value.status == 400 and not raised.value.ambiguous
+    assert client.create_volume(app, "a" * 30, "", 1)["name"] == "a" * 30
+    assert client.create_volume(app, "data_2", "", 1)["name"] == "data_2"
+
+
+def test_a_mounted_volume_is_attached_and_the_machine_takes_its_region(fly, api, client):
+    app = create_app(api)
+    volume = client.create_volume(app, "data", "syd", 1)
+    config = mounted(machine_config(), volume["id"])
+    created = api.post(
+        f"/apps/{app}/machines", json={"config": config, "region": "ams", "skip_launch": True}
+    )
+    assert created.status_code == 200, created.text
+    machine = created.json()
+    assert machine["region"] == "syd"
+    assert machine["config"]["mounts"] == [{"volume": volume["id"], "path": "/data"}]
+    assert fly.volumes(app)[0]["attached_machine_id"] == machine["id"]
+
+    def refused(config: dict, fragment: str) -> None:
+        answer = api.post(f"/apps/{app}/machines", json={"config": config, "skip_launch": True})
+        assert fragment in error(answer, 422, "invalid_argument")
+
+    refused(mounted(machine_config(), volume["id"]), "attached")
+    spare = client.create_volume(app, "spare", "", 1)
+    refused(mounted(machine_config(), spare["id"], "/"), "path")
+    refused(mounted(machine_config(), spare["id"], "data"), "path")
+    refused(mounted(machine_config(), spare["id"], "/data/../etc"), "path")
+    refused(mounted(machine_config(), "vol_0123456789abcdef"), "not found")
+    two = machine_config()
+    two["mounts"] = [{"volume": spare["id"], "path": "/a"}, {"volume": volume["id"], "path": "/b"}]
+    refused(two, "at most one")
+    assert len(fly.machines(app)) == 1
+    assert fly.volumes(app)[1]["attached_machine_id"] is None
+
+    assert "attached" in error(
+        api.delete(f"/apps/{app}/volumes/{volume['id']}"), 422, "invalid_argument"
+    )
+    with pytest.raises(FlyError) as raised:
+        client.delete_volume(app, volume["id"])
+    assert raised.value.status == 422
+
+    # An update may keep its own volume, or move to another one and let the first go.
+    url = f"/apps/{app}/machines/{machine['id']}"
+    kept = api.post(url, json={"config": config, "skip_launch": True})
+    assert kept.status_code == 200, kept.text
+    moved = api.post(
+        url, json={"config": mounted(machine_config(), spare["id"]), "skip_launch": True}
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["region"] == fly.region
+    attached = {v["id"]: v["attached_machine_id"] for v in fly.volumes(app)}
+    assert attached == {volume["id"]: None, spare["id"]: machine["id"]}
+
+    assert api.delete(url).status_code == 200  # a destroyed machine lets its volume go
+    assert all(v["attached_machine_id"] is None for v in client.list_volumes(app))
+    client.delete_volume(app, spare["id"])
+    assert [v["id"] for v in client.list_volumes(app)] == [volume["id"]]
+
+
+def test_data_under_the_mount_survives_stop_start_and_update(fly, api, client, proxy):
+    app = create_app(api)
+    volume = client.create_volume(app, "data", "", 1)
+    local = fly.volume_path(volume["id"])
+    config = mounted(
+        machine_config(FAKE_NOTE="/data/notes/note.txt", MOUNT="/data", OTHER="/database"),
+        volume["id"],
+    )
+    machine = launch(api, app, config)
+    env = proxy.get(f"/{app}/env").json()
+    assert env["FAKE_NOTE"] == f"{local}/notes/note.txt"
+    assert env["MOUNT"] == str(local)
+    assert env["OTHER"] == "/database"  # only the mount path itself and what lies under it
+    assert not env["CATWALK_RUNNER_ROOT"].startswith(str(local))
+    assert proxy.get(f"/{app}/note").json() is None
+    assert proxy.post(f"/{app}/note", content=b"kept").status_code == 200
+    assert (local / "notes" / "note.txt").read_text() == "kept"
+
+    url = f"/apps/{app}/machines/{machine['id']}"
+    assert api.post(f"{url}/stop").status_code == 200
+    wait(api, app, machine["id"], "stopped")
+    assert api.post(f"{url}/start").status_code == 200
+    wait(api, app, machine["id"], "started")
+    assert proxy.get(f"/{app}/note").json() == "kept"
+
+    updated = api.post(url, json={"config": {**config, "env": {**config["env"], "EXTRA": "new"}}})
+    assert updated.status_code == 200, updated.text
+    wait(api, app, machine["id"], "started")
+    assert proxy.get(f"/{app}/env").json()["EXTRA"] == "new"
+    assert proxy.get(f"/{app}/note").json() == "kept"
+    assert len(fly.launched_pids) == 3
+
+
+def test_deleting_an_app_deletes_its_volumes(fly, api, client):
+    for app, delete in (
+        ("cw-deleted", lambda app: client.delete_app(app)),
+        ("cw-vanished", fly.delete_app_behind_the_back),
+    ):
+        create_app(api, app)
+        volume = client.create_volume(app, "data", "", 1)
+        launch(api, app, mounted(machine_config(), volume["id"]))
+        assert fly.volume_path(volume["id"]).is_dir()
+        delete(app)
+        assert app not in fly.apps()
+        assert not fly.volume_path(volume["id"]).exists()
+        assert client.list_volumes(app) == []
+        create_app(api, app)  # the name again: a new app, without the old one's volumes
+        assert client.list_volumes(app) == []
+        error(api.get(f"/apps/{app}/volumes/{volume['id']}"), 404, "not_found")
+
+
 # ---- faults ------------------------------------------------------------------------------
 
 
@@ -525,6 +713,32 @@ def test_an_ambiguous_create_leaves_a_machine_that_listing_finds(fly, api):
         "deadline_exceeded",
     )
     assert len(fly.machines(app)) == 1
+
+
+def test_an_ambiguous_volume_create_is_not_retried_and_listing_finds_it(fly, api, client):
+    app = create_app(api)
+    fly.fail_next("POST", r"/volumes$", 503, after=True)
+    with pytest.raises(FlyError) as raised:
+        client.create_volume(app, "catwalk_data", "", 1)
+    assert raised.value.status == 503 and raised.value.ambiguous
+    assert fly.calls[("POST", "/v1/apps/{app}/volumes")] == 1
+    assert [v["name"] for v in client.list_volumes(app)] == ["catwalk_data"]  # adopt, not redo
+
+    fly.fail_next("POST", r"/volumes$", 429)
+    with pytest.raises(FlyError):
+        client.create_volume(app, "catwalk_data", "", 1)
+    assert fly.calls[("POST", "/v1/apps/{app}/volumes")] == 2
+    assert len(fly.volumes(app)) == 1
+
+    # Listing and deleting are idempotent: retried through a storm.
+    fly.fail_next("GET", r"/volumes$", 503, count=2)
+    assert len(client.list_volumes(app)) == 1
+    assert fly.calls[("GET", "/v1/apps/{app}/volumes")] == 4
+    volume_id = fly.volumes(app)[0]["id"]
+    fly.fail_next("DELETE", r"/volumes/", 502, after=True)
+    client.delete_volume(app, volume_id)  # the retry finds it gone
+    assert fly.calls[("DELETE", "/v1/apps/{app}/volumes/{volume}")] == 2
+    assert fly.volumes(app) == []
 
 
 def test_never_start_keeps_machines_starting_and_wait_times_out(fly, api):

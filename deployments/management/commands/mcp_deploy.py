@@ -14,7 +14,7 @@ from analysis.serverjson import meta
 from deployments import builds, services
 from deployments.github_tokens import github_token_for
 from deployments.models import ProcessModel, Runtime, SourceBuild
-from deployments.runtimes.base import PackageError
+from deployments.runtimes.base import PackageError, get_runtime
 from deployments.supervisor import supervisor_is_running
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
@@ -107,7 +107,7 @@ class Command(BaseCommand):
         if options["repo"]:
             if options["entry"]:
                 raise CommandError("--entry: a source deployment runs its build's entry point")
-            build = self._build(owner, options["repo"])
+            build = self._build(owner, options["repo"], options["runtime"])
             package = services.source_package(build)
         else:
             try:
@@ -141,8 +141,9 @@ class Command(BaseCommand):
             )
         )
 
-    def _build(self, owner, url: str) -> SourceBuild:
-        """Analyse the repository, then build it at the analysed commit (or reuse that build)."""
+    def _build(self, owner, url: str, runtime: str) -> SourceBuild:
+        """Analyse the repository, then build it at the analysed commit (or reuse that build);
+        on a runtime that builds in the deployment's machine, only pin the commit."""
         token = github_token_for(owner)
         try:
             document, sha = analysis_services.analyse(
@@ -158,6 +159,14 @@ class Command(BaseCommand):
         if not recipe.get("runnable"):
             raise CommandError(f"{url} cannot be built: {recipe.get('reason') or 'no recipe'}")
         reference = parse_repository_url(url)
+        if get_runtime(runtime).builds_in_place:
+            self.stderr.write(f"{reference.full_name} at {sha[:12]} is built in its machine.")
+            try:
+                return builds.pin(
+                    reference.full_name, reference.subdirectory, sha, recipe, user=owner
+                )
+            except builds.BuildFailed as exc:
+                raise CommandError(str(exc)) from None
         self.stderr.write(f"Building {reference.full_name} at {sha[:12]}…")
         try:
             build = builds.ensure_build(
