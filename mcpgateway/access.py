@@ -250,11 +250,15 @@ def _load_deployment(deployment_id: str) -> DeploymentInfo | None:
     )
 
 
-async def wake(deployment_id: str) -> None:
+async def wake(deployment_id: str, *, forget: bool = True) -> None:
+    """Ask the deployment's runtime to wake it; `forget` drops the cached view of it, so the
+    next look sees its status change at once."""
+
     def _wake() -> None:
         deployment = Deployment.objects.filter(pk=deployment_id).first()
         if deployment is not None:
             get_runtime(deployment.runtime).wake(deployment)
 
     await database_work(_wake)()
-    forget_deployment(deployment_id)
+    if forget:
+        forget_deployment(deployment_id)

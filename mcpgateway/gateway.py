@@ -60,6 +60,9 @@ CORS_ALLOW_HEADERS = (
 CORS_EXPOSE_HEADERS = b"mcp-session-id, mcp-protocol-version, www-authenticate"
 WATCH_DISCONNECT_AFTER = 0.5
 WAKE_POLL_SECONDS = 0.1
+# A deployment its runtime's proxy wakes (Fly) is reported to the runtime once per this long,
+# however many requests arrive while it is marked sleeping.
+PROXY_WAKE_REPORT_SECONDS = 5.0
 RESTART_GRACE_SECONDS = 3.0
 MCP_SCOPE = "mcp"
 # An open stream re-checks its caller's token this often, so revocation also ends streams.
@@ -90,6 +93,7 @@ class Gateway:
         self.public_url = settings.PUBLIC_URL
         self.public_origin = _origin_of(settings.PUBLIC_URL)
         self._hosts: dict[bytes, bool] = {}
+        self._wakes_reported: dict[str, float] = {}
 
     async def close(self) -> None:
         """Write what the call log still holds and drop pooled connections."""
@@ -304,8 +308,19 @@ class Gateway:
             return info
         if info.status == Status.SLEEPING and info.proxy_wakes:
             # The runtime's proxy starts it for this very request; the runtime only catches
-            # up with its status.
-            await access.wake(info.id)
+            # up with its status, told once per few seconds (a database query each time).
+            now = time.monotonic()
+            if now - self._wakes_reported.get(info.id, -PROXY_WAKE_REPORT_SECONDS) >= (
+                PROXY_WAKE_REPORT_SECONDS
+            ):
+                if len(self._wakes_reported) > 1000:
+                    self._wakes_reported = {
+                        key: at
+                        for key, at in self._wakes_reported.items()
+                        if now - at < PROXY_WAKE_REPORT_SECONDS
+                    }
+                self._wakes_reported[info.id] = now
+                await access.wake(info.id, forget=False)
             return info
         if info.status in (Status.SLEEPING, Status.STOPPED):
             await access.wake(info.id)
