@@ -89,6 +89,9 @@ ETC_ENTRIES = (
     "ssl",
 )
 PR_SET_PDEATHSIG = 1
+# Orphaned descendants come to the launcher rather than to init (see `_reap_orphans`).
+PR_SET_CHILD_SUBREAPER = 36
+REAP_ORPHANS_SECONDS = 1.0
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -830,7 +833,25 @@ class Launcher:
             except (ProcessLookupError, ChildProcessError):
                 pass
         self.cgroups.kill_all()
+        self._reap_orphans()
         self.cgroups.remove()
+
+    @staticmethod
+    def _reap_orphans() -> None:
+        """Reap what bubblewrap left: with a PID namespace, its outer process exits without
+        waiting for the namespace's init, which the launcher (a subreaper) inherits. Reaping it
+        here keeps the sandbox's CPU time in the launcher's children's time, so whoever started
+        the launcher accounts for everything the server ran (rusage, /proc), exited or not."""
+        deadline = time.monotonic() + REAP_ORPHANS_SECONDS
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return  # none left
+            if pid == 0:
+                if time.monotonic() > deadline:
+                    return  # still running after kill_all: init reaps it once the launcher exits
+                time.sleep(0.01)
 
 
 USAGE = "usage: sandbox.py --profile PROFILE.json -- COMMAND [ARG...]"
@@ -845,6 +866,7 @@ def main(argv: list[str]) -> int:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:
         return SETUP_EXIT_STATUS
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     try:
         if os.geteuid() != 0:
             raise SetupError("the sandbox launcher must run as root to give the server its own uid")

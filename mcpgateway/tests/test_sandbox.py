@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -280,6 +281,27 @@ def test_no_root_process_ever_has_the_servers_environment(area):
 
 def test_exit_status_is_the_servers_own(area):
     assert run(area, "raise SystemExit(7)").returncode == 7
+
+
+def test_the_cpu_the_server_spent_counts_as_the_launchers_childrens_once_it_exits(area):
+    # The launcher reaps what bubblewrap leaves of the PID namespace, so the CPU of a server
+    # that has exited (a build step, an isolated session's server) is not lost to whoever
+    # measures the launcher's tree: rusage and /proc's children times hold it.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = run(
+        area,
+        """
+        import time
+        started = time.process_time()
+        while time.process_time() - started < 0.5:
+            pass
+        """,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    assert result.returncode == 0, result.stderr
+    spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert spent >= 0.49  # the server's own 0.5 s (in 10 ms ticks), besides the launcher's
 
 
 @pytest.mark.parametrize(
