@@ -10,7 +10,10 @@ answer of `tools/list` through the bridge (health check polled, then `initialize
 - server-everything through `npx` with an empty package cache: a machine's first boot, and every
   wake from `stop` (a stopped machine boots from a fresh root filesystem);
 - the same with the package in the image's warm cache (the runner image's `WARM_NPM_PACKAGES`),
-  which is also about what a wake from `suspend` costs before its memory is restored.
+  which is also about what a wake from `suspend` costs before its memory is restored;
+- a repository built from source (the `plain-javascript` fixture, served by the local GitHub
+  stand-in): its first boot, which downloads the repository and runs `npm ci` in the sandbox
+  with an empty npm cache, and every later boot, which finds the build on the machine's volume.
 
 Fly's own part — placing the machine and booting its VM — is not measurable here and comes on
 top. The CPU column is the runner's whole process tree (bridge, launcher, sandbox helpers, npm,
@@ -54,6 +57,9 @@ class Case:
     label: str
     command: list[str]
     warm_npm: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    # A source build's volume kept across starts (a later boot); else each start gets a new one.
+    keep_builds: Path | None = None
     wall_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
     tools: int = 0
@@ -107,6 +113,7 @@ def _start_once(case: Case, scratch: Path) -> tuple[float, float, int]:
     root.chmod(0o700)
     if case.warm_npm:
         _warm(root, case.warm_npm)
+    builds = case.keep_builds or root / "volume" / "builds"
     port = _free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -117,6 +124,8 @@ def _start_once(case: Case, scratch: Path) -> tuple[float, float, int]:
         "CATWALK_RUNNER_LISTEN": f"tcp:127.0.0.1:{port}",
         "CATWALK_RUNNER_ROOT": str(root),
         "CATWALK_RUNNER_READONLY_PATHS": str(REPO / "mcpgateway"),
+        "CATWALK_RUNNER_BUILDS": str(builds),
+        **case.env,
     }
     started = time.perf_counter()
     runner = subprocess.Popen(
@@ -132,7 +141,9 @@ def _start_once(case: Case, scratch: Path) -> tuple[float, float, int]:
             deadline = time.monotonic() + START_TIMEOUT_S
             while True:
                 try:
-                    if client.get("/healthz").status_code == 200:
+                    health = client.get("/healthz")
+                    # 200 from the bridge; the runner's own answers while it builds say so.
+                    if health.status_code == 200 and health.json().get("phase") != "build":
                         break
                 except httpx.TransportError:
                     pass
@@ -161,7 +172,28 @@ def _start_once(case: Case, scratch: Path) -> tuple[float, float, int]:
     return wall, cpu, tools
 
 
+def _source_env(archive: str) -> dict[str, str]:
+    """A source deployment's machine environment, as the Fly runtime composes it for the
+    fixture's recipe (npm, a lockfile, no build script)."""
+    spec = {
+        "archive": archive,
+        "steps": [{"what": "install dependencies", "argv": ["npm", "ci"], "folder": ""}],
+        "folder": "",
+        "http": None,
+        "timeout_seconds": START_TIMEOUT_S,
+        "max_mb": 1024,
+    }
+    return {"CATWALK_SOURCE": json.dumps(spec)}
+
+
 def measure(starts: int = 5) -> list[Case]:
+    from analysis.tests.github_standin import GitHubStandin
+    from deployments.tests.source_fixtures import publish
+
+    github = GitHubStandin()
+    repository, sha = publish(github, "plain-javascript")
+    source_env = _source_env(f"{github.api_url}/repos/{repository}/tarball/{sha}")
+    source_command = ["node", "/srv/app/index.js"]
     cases = [
         Case(
             "fixture server (Python, nothing to download)",
@@ -173,15 +205,30 @@ def measure(starts: int = 5) -> list[Case]:
             ["npx", "-y", "--", EVERYTHING],
             warm_npm=EVERYTHING,
         ),
+        Case(
+            "plain-javascript from source, first boot (download, `npm ci`, empty cache)",
+            source_command,
+            env=source_env,
+        ),
+        Case(
+            "plain-javascript from source, later boot (build on the volume)",
+            source_command,
+            env=source_env,
+        ),
     ]
-    with tempfile.TemporaryDirectory(prefix="cwfly") as folder:
-        scratch = Path(folder)
-        _start_once(cases[0], scratch)  # warm the page cache; not counted
-        for _ in range(starts):
-            for case in cases:  # interleaved, so drift hits all alike
-                wall, cpu, case.tools = _start_once(case, scratch)
-                case.wall_ms.append(wall)
-                case.cpu_ms.append(cpu)
+    try:
+        with tempfile.TemporaryDirectory(prefix="cwfly") as folder:
+            scratch = Path(folder)
+            cases[-1].keep_builds = scratch / "volume" / "builds"
+            _start_once(cases[0], scratch)  # warm the page cache; not counted
+            _start_once(cases[-1], scratch)  # the build the later boots find; not counted
+            for _ in range(starts):
+                for case in cases:  # interleaved, so drift hits all alike
+                    wall, cpu, case.tools = _start_once(case, scratch)
+                    case.wall_ms.append(wall)
+                    case.cpu_ms.append(cpu)
+    finally:
+        github.close()
     return cases
 
 
