@@ -172,8 +172,9 @@ def pin(
     repository: str, subfolder: str, commit_sha: str, recipe: dict, *, user=None
 ) -> SourceBuild:
     """The build row for this key, for a runtime that builds in the deployment's own machine
-    (nothing runs here); an existing row is reused as it is. Raises BuildFailed for an unusable
-    recipe."""
+    (nothing runs here). An existing row is reused; one whose build here failed is marked as
+    built elsewhere again, since this host's failure says nothing of the machine's build.
+    Raises BuildFailed for an unusable recipe."""
     try:
         Recipe.from_meta(recipe)
     except ValueError as exc:
@@ -185,6 +186,11 @@ def pin(
         recipe_hash=recipe_hash(recipe),
         defaults={"recipe": recipe, "requested_by": user, "status": BuildStatus.ELSEWHERE},
     )
+    if build.status == BuildStatus.FAILED:
+        SourceBuild.objects.filter(pk=build.pk, status=BuildStatus.FAILED).update(
+            status=BuildStatus.ELSEWHERE, error=""
+        )
+        build.refresh_from_db()
     return build
 
 

@@ -207,7 +207,9 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
     source = None
     if environ.get("CATWALK_SOURCE", "").strip():
         try:
-            source = runner_source.parse_spec(environ["CATWALK_SOURCE"])
+            # A build is the image's: its Node and Python made the native modules and venvs.
+            image = f"{environ.get('FLY_IMAGE_REF', '')} {sys.version}"
+            source = runner_source.parse_spec(environ["CATWALK_SOURCE"], image)
         except runner_source.SourceError as exc:
             raise ConfigError(str(exc)) from None
         if parse_listen(listen).unix_path is not None:
@@ -439,18 +441,15 @@ def build_environment(*, home: str, tmp: str, npm_cache: str, uv_cache: str) -> 
 def step_wrapper(config: RunnerConfig):
     """How a build step runs: in the sandbox as the build uid with only the build's folder
     writable (or, unsandboxed, in the folder itself)."""
-    caches = {name: config.root / "cache" / name for name in SANDBOX_CACHES}
     if config.unsafe_no_sandbox:
-        scratch = config.root / "build"
 
-        def plain(argv: list[str], folder: str, app: Path):
-            for name in ("home", "tmp"):
-                (scratch / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+        def plain(argv: list[str], folder: str, app: Path, scratch: Path):
+            home = scratch / "home"
             environment = build_environment(
-                home=str(scratch / "home"),
+                home=str(home),
                 tmp=str(scratch / "tmp"),
-                npm_cache=str(caches["npm"]),
-                uv_cache=str(caches["uv"]),
+                npm_cache=str(home / ".npm"),
+                uv_cache=str(home / ".cache" / "uv"),
             )
             return argv, environment, str(app / folder)
 
@@ -470,14 +469,20 @@ def step_wrapper(config: RunnerConfig):
         ),
     )
 
-    def sandboxed_step(argv: list[str], folder: str, app: Path):
+    def sandboxed_step(argv: list[str], folder: str, app: Path, scratch: Path):
         profile = sandbox_profile.build_profile(
             name=f"{config.sandbox_name}-build",
             uid=config.build_uid,
             area=config.root / "build-sandbox",
-            binds=SANDBOX_BINDS,
-            caches=warm_caches(caches),
-            shared_writable={str(app): runner_source.APP_MOUNT},
+            binds={"work": SANDBOX_WORK},
+            caches={},
+            # The build, and its home and temporary folders (npm's and uv's caches), on the
+            # volume rather than in the sandbox's tmpfs, which is memory.
+            shared_writable={
+                str(app): runner_source.APP_MOUNT,
+                str(scratch / "home"): SANDBOX_HOME,
+                str(scratch / "tmp"): "/tmp",  # noqa: S108 - the sandbox's own
+            },
             environment_file=environment_file,
             tools=tools,
             limits=machine_limits(),

@@ -6,15 +6,19 @@ A source deployment's machine is given `CATWALK_SOURCE` (JSON, set by the Fly ru
      "steps": [{"what": ..., "argv": [...], "folder": relative folder}, ...],
      "folder": the server's folder, relative to the repository root,
      "http": null | {"port_argument": ..., "path": ...},
-     "timeout_seconds": per step, "max_mb": the build's size limit}
+     "timeout_seconds": per step, "max_mb": the build's size limit,
+     "archive_limits": optional {max_tarball_bytes, max_files, max_file_bytes, max_total_bytes}}
 
 and a volume of its own mounted under `CATWALK_RUNNER_BUILDS` (default `/data/builds`). The
 first boot downloads the archive (`mcpgateway.archive`: limits before anything is written,
 links skipped), runs each step in the sandbox as a build uid of its own with only the build's
 folder writable (install scripts run, but only there), and seals the result. The folder is
-named by a digest of the spec, so every later boot of the same spec — a wake from autostop, a
-restart, a credential change — finds the build there and starts at once; a new commit or
-recipe builds beside it and the old one is removed once the new one is done.
+named by a digest of the spec and of the image the runner runs in (its Node and Python built
+the native modules and virtual environments), so every later boot of the same spec on the same
+image — a wake from autostop, a restart, a credential change — finds the build there and starts
+at once; a new commit, recipe or image builds beside it and the old one is removed once the new
+one is done. The build's home and temporary folders (npm's and uv's caches among them) are on
+the volume too, not in the machine's memory, and are removed when the build ends.
 
 While it builds, the runner answers `/healthz` itself (200, `"status": "starting"`, what it is
 doing); a build that fails keeps answering 503 with `"status": "crashed"`, `"phase": "build"`
@@ -25,14 +29,18 @@ restarting. Everything the steps print also goes to stderr: Fly's logs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -47,8 +55,10 @@ DEFAULT_BUILDS = "/data/builds"
 BUILT_MARKER = ".catwalk-built"
 LOG_TAIL_LINES = 25
 DOWNLOAD_TIMEOUT_SECONDS = 60.0
+# A download that trickles is stopped after this long in all.
+DOWNLOAD_DEADLINE_SECONDS = 600.0
 CHUNK_BYTES = 64 * 1024
-# What a downloaded repository may hold (as for an analysis's download).
+# What a downloaded repository may hold, unless the spec says (the platform passes its own).
 ARCHIVE_LIMITS = archive.Limits(
     max_tarball_bytes=200 << 20,
     max_files=50_000,
@@ -78,6 +88,7 @@ class SourceSpec:
     timeout_seconds: float
     max_mb: int
     key: str
+    limits: archive.Limits = ARCHIVE_LIMITS
 
     def app_path(self, app: str) -> Callable[[str], str]:
         """Rewrites the spec's `/srv/app` paths to `app` (for a server run without the sandbox,
@@ -109,8 +120,20 @@ def _argv(value: object) -> list[str]:
     return value
 
 
-def parse_spec(text: str) -> SourceSpec:
-    """The source spec from `CATWALK_SOURCE`; raises SourceError."""
+def _limits(value: object) -> archive.Limits:
+    if value is None:
+        return ARCHIVE_LIMITS
+    names = ("max_tarball_bytes", "max_files", "max_file_bytes", "max_total_bytes")
+    if not isinstance(value, dict) or not all(
+        isinstance(value.get(n), int) and not isinstance(value.get(n), bool) and value[n] > 0
+        for n in names
+    ):
+        raise SourceError(f"CATWALK_SOURCE: archive_limits must give positive {', '.join(names)}")
+    return archive.Limits(**{n: value[n] for n in names})
+
+
+def parse_spec(text: str, image: str = "") -> SourceSpec:
+    """The source spec from `CATWALK_SOURCE` for a runner in `image`; raises SourceError."""
     try:
         data = json.loads(text)
     except ValueError:
@@ -144,7 +167,8 @@ def parse_spec(text: str) -> SourceSpec:
         raise SourceError("CATWALK_SOURCE: timeout_seconds must be a positive number")
     if not isinstance(max_mb, int) or isinstance(max_mb, bool) or max_mb <= 0:
         raise SourceError("CATWALK_SOURCE: max_mb must be a positive whole number")
-    key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:24]
+    keyed = {"spec": data, "image": image}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:24]
     return SourceSpec(
         archive=url,
         steps=steps,
@@ -153,6 +177,7 @@ def parse_spec(text: str) -> SourceSpec:
         timeout_seconds=float(timeout),
         max_mb=max_mb,
         key=key,
+        limits=_limits(data.get("archive_limits")),
     )
 
 
@@ -223,7 +248,14 @@ def serve_status(host: str, port: int, status: BuildStatus) -> ThreadingHTTPServ
         def log_message(self, *_: object) -> None:
             return  # the proxy's checks would fill the log
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server_class = ThreadingHTTPServer
+    if ":" in host:
+
+        class IPv6Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        server_class = IPv6Server
+    server = server_class((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="build-status", daemon=True).start()
     return server
@@ -241,7 +273,10 @@ def fetch(url: str, destination: Path, limits: archive.Limits = ARCHIVE_LIMITS) 
                 request, timeout=DOWNLOAD_TIMEOUT_SECONDS
             ) as response:
                 received = 0
+                deadline = time.monotonic() + DOWNLOAD_DEADLINE_SECONDS
                 while chunk := response.read(CHUNK_BYTES):
+                    if time.monotonic() > deadline:
+                        raise SourceError("The download is too slow; try again later.")
                     received += len(chunk)
                     if received > limits.max_tarball_bytes:
                         raise SourceError(
@@ -250,13 +285,18 @@ def fetch(url: str, destination: Path, limits: archive.Limits = ARCHIVE_LIMITS) 
                         )
                     sink.write(chunk)
         except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403, 404):
+            if exc.code in (401, 404):
                 raise SourceError(
                     f"The repository's archive could not be downloaded (HTTP {exc.code}); "
                     "on Fly, Catwalk builds public repositories only."
                 ) from None
+            if exc.code in (403, 429):
+                raise SourceError(
+                    f"GitHub refused the download (HTTP {exc.code}): a rate limit, or a "
+                    "repository that is not public; restart the deployment to try again."
+                ) from None
             raise SourceError(f"The download failed (HTTP {exc.code}).") from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             raise SourceError(f"The repository could not be downloaded: {exc}.") from None
         sink.seek(0)
         try:
@@ -271,8 +311,9 @@ class Builder:
 
     spec: SourceSpec
     builds: Path
-    # (argv, folder inside the app) -> (the command to run, its environment, its cwd)
-    wrap: Callable[[list[str], str, Path], tuple[list[str], Mapping[str, str], str]]
+    # (argv, folder inside the app, the app, the scratch folder) -> (the command to run, its
+    # environment, its cwd)
+    wrap: Callable[[list[str], str, Path, Path], tuple[list[str], Mapping[str, str], str]]
     build_uid: int | None
     say: Callable[[str], None]
     status: BuildStatus
@@ -289,6 +330,11 @@ class Builder:
     def app(self) -> Path:
         return self.folder / "app"
 
+    @property
+    def scratch(self) -> Path:
+        """The steps' home and temporary folders, on the volume: caches can be large."""
+        return self.folder / "scratch"
+
     def built(self) -> bool:
         return (self.folder / BUILT_MARKER).is_file() and self.app.is_dir()
 
@@ -300,17 +346,24 @@ class Builder:
         try:
             self.status.set("fetching the repository")
             self.say(f"building from source: fetching {self.spec.archive}")
-            fetch(self.spec.archive, self.app)
+            fetch(self.spec.archive, self.app, self.spec.limits)
+            for name in ("home", "tmp"):
+                (self.scratch / name).mkdir(mode=0o700, parents=True)
+                if self.build_uid is not None:
+                    os.chown(self.scratch / name, self.build_uid, self.build_uid)
             for number, step in enumerate(self.spec.steps, 1):
                 self.status.set(f"step {number} of {len(self.spec.steps)}: {step.what}")
                 self.say(f"building from source: $ {' '.join(step.argv)}    ({step.what})")
                 self._run(step)
+            shutil.rmtree(self.scratch, ignore_errors=True)
             buildsteps.seal(self.app)
-        except (SourceError, buildsteps.StepFailed) as exc:
+        except Exception as exc:  # every failure is the build's, for the user
             shutil.rmtree(self.folder, ignore_errors=True)
+            known = isinstance(exc, SourceError | buildsteps.StepFailed)
+            reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
             tail = "\n".join(self.tail)
             raise SourceError(
-                f"The build from source failed: {exc}"
+                f"The build from source failed: {reason}"
                 + (f"\n\nLast lines of the build log:\n{tail}" if tail else "")
             ) from None
         size = buildsteps.size(self.app)
@@ -321,7 +374,7 @@ class Builder:
     def _run(self, step: Step) -> None:
         if self.build_uid is not None:
             buildsteps.own(self.app, self.build_uid)
-        command, environment, cwd = self.wrap(step.argv, step.folder, self.app)
+        command, environment, cwd = self.wrap(step.argv, step.folder, self.app, self.scratch)
         process = subprocess.Popen(
             command,
             cwd=cwd,
@@ -353,9 +406,11 @@ class Builder:
             self.say(f"build: {line}")
 
     def stop(self) -> None:
-        """Stop the running step, if any (the machine is being stopped)."""
+        """Signal the running step's group, if any (the machine is being stopped): called from
+        a signal handler, so it never waits."""
         if self.current is not None:
-            buildsteps.stop(self.current)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.current.pid, signal.SIGTERM)
 
     def _remove_others(self) -> None:
         for entry in self.builds.iterdir():

@@ -95,6 +95,7 @@ GONE_STATES = frozenset({"destroyed", "destroying"})
 # A source deployment's build lives on a volume of its own, mounted here.
 VOLUME_NAME = "catwalk_builds"
 VOLUME_PATH = "/data"
+GONE_VOLUME_STATES = frozenset({"destroyed", "destroying", "pending_destroy"})
 
 
 def app_name_for(deployment_id: uuid.UUID, suffix: str = "") -> str:
@@ -148,6 +149,13 @@ def source_spec(deployment: Deployment) -> tuple[dict, list[str]]:
         "http": http,
         "timeout_seconds": settings.BUILD_TIMEOUT_SECONDS,
         "max_mb": settings.BUILD_MAX_MB,
+        # What the repository's archive may hold: as for an analysis's download.
+        "archive_limits": {
+            "max_tarball_bytes": settings.ANALYSIS_MAX_TARBALL_BYTES,
+            "max_files": settings.ANALYSIS_MAX_FILES,
+            "max_file_bytes": settings.ANALYSIS_MAX_FILE_BYTES,
+            "max_total_bytes": settings.ANALYSIS_MAX_TOTAL_BYTES,
+        },
     }
     return spec, [*source_entry(recipe, APP_MOUNT), *(deployment.entry_args or [])]
 
@@ -474,12 +482,17 @@ def _ensure_ip(client: FlyClient, app: FlyApp) -> None:
 def _ensure_volume(client: FlyClient, deployment: Deployment, app: FlyApp) -> None:
     """The source deployment's volume (its build survives stops there): created once, adopted
     after a create whose answer was lost, created again if it vanished."""
-    found = [v for v in client.list_volumes(app.name) if v.get("name") == VOLUME_NAME]
+    found = _our_volumes(client, app)
     if app.volume_id and any(v.get("id") == app.volume_id for v in found):
         return
     if app.volume_id:
-        # The machine is updated to mount the new one (its config changes with the volume's id).
-        _event(deployment, EventKind.ERROR, "Its Fly volume is gone; it builds again on a new one.")
+        # A machine stays with its volume's host: a new volume needs a new machine.
+        message = "Its Fly volume is gone; a new machine builds it again on a new one."
+        _event(deployment, EventKind.ERROR, message)
+        _restart_status(deployment, message)
+        if app.machine_id:
+            client.delete_machine(app.name, app.machine_id)
+        _save(app, volume_id="", volume_region="", machine_id="", config_digest="")
     if found:
         volume = found[0]
     else:
@@ -490,11 +503,19 @@ def _ensure_volume(client: FlyClient, deployment: Deployment, app: FlyApp) -> No
         except FlyError as exc:
             if not exc.ambiguous:
                 raise
-            found = [v for v in client.list_volumes(app.name) if v.get("name") == VOLUME_NAME]
+            found = _our_volumes(client, app)
             if not found:
                 raise
             volume = found[0]
     _save(app, volume_id=volume["id"], volume_region=str(volume.get("region") or ""))
+
+
+def _our_volumes(client: FlyClient, app: FlyApp) -> list[dict]:
+    return [
+        volume
+        for volume in client.list_volumes(app.name)
+        if volume.get("name") == VOLUME_NAME and volume.get("state") not in GONE_VOLUME_STATES
+    ]
 
 
 def _ensure_secrets(client: FlyClient, app: FlyApp, values: dict[str, str]) -> None:

@@ -270,9 +270,10 @@ class FlyClient:
         return self.request("POST", f"/apps/{_seg(app)}/volumes", json=body, retry=False).json()
 
     def list_volumes(self, app: str) -> list[dict]:
-        """The app's volumes; none for an app that is not there (or not ours)."""
-        response = self.request("GET", f"/apps/{_seg(app)}/volumes", accept=frozenset({403, 404}))
-        if response.status_code in (403, 404):
+        """The app's volumes; none for an app that is not there. (A 403 is an error: a token
+        that may not read them must not look like volumes that vanished.)"""
+        response = self.request("GET", f"/apps/{_seg(app)}/volumes", accept=frozenset({404}))
+        if response.status_code == 404:
             return []
         return [v for v in response.json() or [] if isinstance(v, dict)]
 

@@ -13,8 +13,16 @@ import pytest
 
 from analysis.models import Repository
 from deployments import builds, redeploy, services
-from deployments.models import BuildStatus, Deployment, FlyApp, Status
+from deployments.models import (
+    BuildStatus,
+    Deployment,
+    EventKind,
+    FlyApp,
+    SourceBuild,
+    Status,
+)
 from deployments.runtimes import fly
+from deployments.runtimes.fly_api import FlyClient
 from deployments.tests.conftest import call_tool
 from deployments.tests.source_fixtures import publish
 from deployments.tests.test_configure import RECIPE
@@ -122,3 +130,46 @@ def test_redeploy_and_rollback_are_refused_with_the_reason_on_fly(db, owner, set
             act(deployment, owner)
     deployment.refresh_from_db()
     assert deployment.next_build_id is None
+
+
+def test_a_volume_deleted_behind_catwalks_back_is_replaced_with_a_new_machine_and_build(
+    db, owner, github, fly_settings, standin, tmp_path
+):
+    fly_settings.DATA_DIR = tmp_path
+    deployment = settle(source_deployment(owner, github, "plain-javascript"), BUILD_SECONDS)
+    assert deployment.status == Status.RUNNING, deployment.status_detail
+    app = app_of(deployment)
+    old_volume, old_machine = app.volume_id, app.machine_id
+    downloads = codeload_downloads(github)
+    with FlyClient() as client:
+        client.delete_machine(app.name, old_machine)
+        client.delete_volume(app.name, old_volume)
+
+    settle(deployment, BUILD_SECONDS)
+
+    assert deployment.status == Status.RUNNING, deployment.status_detail
+    app.refresh_from_db()
+    (volume,) = standin.volumes(app.name)
+    assert volume["id"] == app.volume_id != old_volume
+    machines = standin.machines(app.name)
+    assert {m["id"]: m["state"] for m in machines} == {
+        old_machine: "destroyed",
+        app.machine_id: "started",
+    }
+    (machine,) = [m for m in machines if m["id"] == app.machine_id]
+    assert machine["config"]["mounts"] == [{"volume": app.volume_id, "path": fly.VOLUME_PATH}]
+    assert codeload_downloads(github) == downloads + 1  # built again on the new volume
+    gone = deployment.events.filter(message__startswith="Its Fly volume is gone")
+    assert gone.filter(kind=EventKind.ERROR).count() == 1  # said once, however many runs
+    endpoint = fly.FlyRuntime().endpoint(deployment)
+    assert call_tool(endpoint, "echo", {"message": "rebuilt"}) == "rebuilt"
+
+
+def test_pinning_a_commit_whose_build_failed_on_this_host_lets_the_machine_build_it(db, owner):
+    build, _ = builds.claim("acme/echo", "", "f" * 40, RECIPE, user=owner)
+    SourceBuild.objects.filter(pk=build.pk).update(status=BuildStatus.FAILED, error="no sandbox")
+
+    pinned = builds.pin("acme/echo", "", "f" * 40, RECIPE, user=owner)
+
+    assert pinned.pk == build.pk
+    assert (pinned.status, pinned.error) == (BuildStatus.ELSEWHERE, "")

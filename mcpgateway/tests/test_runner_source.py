@@ -77,12 +77,13 @@ def spec(github: GitHubStandin, name: str, steps: list[dict], files=REPOSITORY_F
     )
 
 
-def source_machine(mode: str, source: str, volume: Path):
+def source_machine(mode: str, source: str, volume: Path, **changes: str):
     return running(
         mode,
         CATWALK_SOURCE=source,
         CATWALK_RUNNER_BUILDS=str(volume),
         CATWALK_SERVER_COMMAND=json.dumps([sys.executable, "/srv/app/server/main.py"]),
+        **changes,
     )
 
 
@@ -261,3 +262,42 @@ def test_the_build_status_page_refuses_everything_but_healthz():
         "phase": "build",
         "last_error": "The build from source failed: boom",
     }
+
+
+def test_a_new_commit_that_fails_to_build_leaves_the_working_build_in_place(github, volume):
+    working = spec(github, "kept", [BUILD_STEP])
+    with source_machine("unsandboxed", working, volume) as machine:
+        machine.wait_until_ready()
+    (kept,) = list(volume.iterdir())
+    broken = spec(github, "kept-broken", [BUILD_STEP, FAILING_STEP])
+
+    with source_machine("unsandboxed", broken, volume) as machine:
+        wait_for_health(machine, "crashed")
+
+    assert list(volume.iterdir()) == [kept]
+    assert sorted(entry.name for entry in kept.iterdir()) == [runner_source.BUILT_MARKER, "app"]
+
+
+def test_another_runner_image_builds_again(github, volume):
+    source = spec(github, "rebuilt", [BUILD_STEP])
+    before = downloads(github)
+    for image in (
+        "registry.fly.io/catwalk-runner@sha256:aaaa",
+        "registry.fly.io/catwalk-runner@sha256:bbbb",
+    ):
+        with source_machine("unsandboxed", source, volume, FLY_IMAGE_REF=image) as machine:
+            machine.wait_until_ready()
+
+    assert downloads(github) == before + 2  # native modules and venvs are the image's
+    assert len(list(volume.iterdir())) == 1
+
+
+def test_a_step_that_cannot_even_start_is_reported_not_a_crash_loop(github, volume):
+    step = {"what": "install", "argv": ["no-such-package-manager", "install"], "folder": ""}
+
+    with source_machine("unsandboxed", spec(github, "no-tool", [step]), volume) as machine:
+        health = wait_for_health(machine, "crashed")
+        alive = machine.proc.poll() is None
+
+    assert "FileNotFoundError" in health["last_error"]
+    assert alive  # it keeps answering with the reason rather than exiting and being restarted
