@@ -221,6 +221,8 @@ def _child(spec: Mapping[str, Any], out: Path) -> None:
     from django.db import connection
     from django.test.utils import override_settings
 
+    from catwalk.warmup import load_and_freeze
+
     assert not settings.DEBUG, "the pages are measured with production settings"
     # The probes for POST-only routes would log a warning each.
     logging.getLogger("django.request").setLevel(logging.ERROR)
@@ -252,6 +254,9 @@ def _child(spec: Mapping[str, Any], out: Path) -> None:
                     cursor.execute("VACUUM ANALYZE")
             populate_s = time.perf_counter() - started
             rows = _row_counts()
+            # A serving process's start-up, as catwalk/asgi.py does it: every view imported
+            # and the heap frozen out of the garbage collector's passes (catwalk/warmup.py).
+            load_and_freeze()
             print(
                 f"pages: {sum(rows.values()):,} rows in {populate_s:.0f} s; measuring…",
                 file=sys.stderr,

@@ -12,9 +12,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "catwalk.settings")
 
 django_application = get_asgi_application()
 
+from catwalk.warmup import load_and_freeze  # noqa: E402 - needs the app registry ready
 from mcpgateway.gateway import Gateway  # noqa: E402 - needs the app registry ready
 
 gateway = Gateway()
+# Every view imported and the heap frozen before the first request (catwalk/warmup.py).
+load_and_freeze()
 
 
 async def application(scope, receive, send):
