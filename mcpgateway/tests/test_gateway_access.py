@@ -172,3 +172,38 @@ async def test_concurrent_cache_misses_share_one_query(deployment, token, monkey
     found = await asyncio.gather(*(access.authenticate(token) for _ in range(20)))
     assert len(calls) == 1
     assert {p.deployment_id for p in found} == {str(deployment.id)}
+
+
+async def test_a_sleeping_deployment_its_proxy_wakes_is_reported_once_per_few_seconds(monkeypatch):
+    # Fly's proxy wakes the machine for the request itself; the runtime is only told, and only
+    # once per PROXY_WAKE_REPORT_SECONDS however many requests arrive meanwhile (each report
+    # is a database query), with the gateway's cached view of the deployment kept.
+    from dataclasses import replace
+
+    from deployments.models import Status
+    from deployments.runtimes.base import Endpoint
+    from mcpgateway.gateway import Gateway
+
+    reported: list[tuple[str, bool]] = []
+
+    async def wake(deployment_id: str, *, forget: bool = True) -> None:
+        reported.append((deployment_id, forget))
+
+    monkeypatch.setattr(access, "wake", wake)
+    gateway = Gateway()
+    info = access.DeploymentInfo(
+        id="a-sleeping-deployment",
+        owner_id=1,
+        status=Status.SLEEPING,
+        desired_state=DesiredState.RUNNING,
+        runtime="fly",
+        allowed_origins=frozenset(),
+        endpoint=Endpoint(base_url="http://relay.invalid"),
+        proxy_wakes=True,
+    )
+
+    relayed = [await gateway._awake(info) for _ in range(5)]
+    other = await gateway._awake(replace(info, id="another-sleeping-deployment"))
+
+    assert relayed == [info] * 5 and other.id == "another-sleeping-deployment"
+    assert reported == [("a-sleeping-deployment", False), ("another-sleeping-deployment", False)]
