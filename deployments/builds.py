@@ -341,8 +341,8 @@ def _environment(*, sandboxed: bool, scratch: Path | None = None) -> dict[str, s
             npm_cache=str(scratch / "home" / ".npm"),
             uv_cache=str(scratch / "home" / ".cache" / "uv"),
         )
-    # Install scripts may read CI to stay non-interactive; uv keeps its venv in the project.
-    environment.update({"CI": "true", "UV_PROJECT_ENVIRONMENT": ".venv"})
+    # The host's package environment (with its pass-through variables) and the build's own.
+    environment.update(buildsteps.BUILD_VARIABLES)
     return environment
 
 

@@ -15,10 +15,24 @@ import subprocess
 import time
 from pathlib import Path
 
+from mcpgateway import sandbox_profile
 from mcpgateway.sandbox import LIMIT_EXIT_STATUS
 
 SIZE_CHECK_SECONDS = 3.0
 POLL_SECONDS = 0.2
+
+
+# Install scripts may read CI to stay non-interactive; uv keeps its venv in the project.
+BUILD_VARIABLES = {"CI": "true", "UV_PROJECT_ENVIRONMENT": ".venv"}
+
+
+def build_environment(*, home: str, tmp: str, npm_cache: str, uv_cache: str) -> dict[str, str]:
+    """A build step's environment: what the package managers need, never a credential."""
+    environment = sandbox_profile.package_environment(
+        home=home, tmp=tmp, npm_cache=npm_cache, uv_cache=uv_cache
+    )
+    environment.update(BUILD_VARIABLES)
+    return environment
 
 
 class StepFailed(Exception):

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from mcpgateway import runner_source, sandbox_profile
+from mcpgateway import buildsteps, runner_source, sandbox_profile
 from mcpgateway.bridge.config import parse_listen
 from mcpgateway.sandbox import LIMIT_EXIT_STATUS, SETUP_EXIT_STATUS
 
@@ -428,16 +428,6 @@ def say(message: str) -> None:
     print(f"{MESSAGE_PREFIX} {message}", file=sys.stderr, flush=True)
 
 
-def build_environment(*, home: str, tmp: str, npm_cache: str, uv_cache: str) -> dict[str, str]:
-    """A build step's environment: what the package managers need, never a credential."""
-    environment = sandbox_profile.package_environment(
-        home=home, tmp=tmp, npm_cache=npm_cache, uv_cache=uv_cache
-    )
-    # Install scripts may read CI to stay non-interactive; uv keeps its venv in the project.
-    environment.update({"CI": "true", "UV_PROJECT_ENVIRONMENT": ".venv"})
-    return environment
-
-
 def step_wrapper(config: RunnerConfig):
     """How a build step runs: in the sandbox as the build uid with only the build's folder
     writable (or, unsandboxed, in the folder itself)."""
@@ -445,7 +435,7 @@ def step_wrapper(config: RunnerConfig):
 
         def plain(argv: list[str], folder: str, app: Path, scratch: Path):
             home = scratch / "home"
-            environment = build_environment(
+            environment = buildsteps.build_environment(
                 home=str(home),
                 tmp=str(scratch / "tmp"),
                 npm_cache=str(home / ".npm"),
@@ -461,7 +451,7 @@ def step_wrapper(config: RunnerConfig):
     environment_file, profile_file = config.root / "build.env", config.root / "build.json"
     sandbox_profile.write_environment(
         environment_file,
-        build_environment(
+        buildsteps.build_environment(
             home=SANDBOX_HOME,
             tmp="/tmp",  # noqa: S108 - the sandbox's own
             npm_cache=SANDBOX_CACHES["npm"],
@@ -514,7 +504,7 @@ def build_source(config: RunnerConfig) -> None:
         wrap=step_wrapper(config),
         build_uid=None if config.unsafe_no_sandbox else config.build_uid,
         say=say,
-        status=runner_source.BuildStatus(),
+        status=runner_source.BuildProgress(),
     )
     listen = parse_listen(config.listen)
     if not runner_source.build_once(builder, (listen.host, listen.port)):

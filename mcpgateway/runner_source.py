@@ -50,7 +50,11 @@ from pathlib import Path
 
 from mcpgateway import archive, buildsteps
 
+# Where a sandboxed server (or build step) of a source deployment finds its build, on a host
+# and in a Fly machine alike, and the `sh -c` prefix that runs the rest of a command line in a
+# folder.
 APP_MOUNT = "/srv/app"
+IN_FOLDER = ("/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh")
 DEFAULT_BUILDS = "/data/builds"
 BUILT_MARKER = ".catwalk-built"
 LOG_TAIL_LINES = 25
@@ -65,7 +69,6 @@ ARCHIVE_LIMITS = archive.Limits(
     max_file_bytes=50 << 20,
     max_total_bytes=500 << 20,
 )
-IN_FOLDER = ("/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh")
 
 
 class SourceError(Exception):
@@ -198,7 +201,7 @@ def server_command(spec: SourceSpec, entry: list[str], http_child: list[str]) ->
 # --- the status the runner answers while it builds --------------------------------------------
 
 
-class BuildStatus:
+class BuildProgress:
     """What `/healthz` says while the runner builds, and after a build failed."""
 
     def __init__(self) -> None:
@@ -223,7 +226,7 @@ class BuildStatus:
             return 200, {"status": "starting", "phase": "build", "detail": self.detail}
 
 
-def serve_status(host: str, port: int, status: BuildStatus) -> ThreadingHTTPServer:
+def serve_status(host: str, port: int, status: BuildProgress) -> ThreadingHTTPServer:
     """Answer /healthz (and 503 to everything else) on the bridge's address, in a thread."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -316,7 +319,7 @@ class Builder:
     wrap: Callable[[list[str], str, Path, Path], tuple[list[str], Mapping[str, str], str]]
     build_uid: int | None
     say: Callable[[str], None]
-    status: BuildStatus
+    status: BuildProgress
 
     def __post_init__(self) -> None:
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)

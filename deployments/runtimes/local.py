@@ -48,6 +48,7 @@ from deployments.runtimes.base import (
     validate_package,
 )
 from mcpgateway import sandbox_profile
+from mcpgateway.runner_source import APP_MOUNT, IN_FOLDER
 
 # sun_path holds 108 bytes including the terminating NUL.
 SOCKET_PATH_MAX = 107
@@ -74,12 +75,8 @@ def build_app_folder(build_id: object) -> Path:
     return builds_root() / str(build_id) / "app"
 
 
-# Where a sandboxed server of a source deployment finds its build (read-only, through its own
-# overlay layer), and the `sh -c` prefix that runs the rest of a command line in a folder.
-APP_MOUNT = "/srv/app"
 # Relays a source build that serves Streamable HTTP to the bridge's stdio (in its sandbox).
 HTTP_CHILD = Path(settings.BASE_DIR) / "mcpgateway" / "http_child.py"
-IN_FOLDER = ("/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh")
 
 
 def source_entry(recipe: Recipe, app: str) -> list[str]:

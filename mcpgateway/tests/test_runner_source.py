@@ -242,7 +242,7 @@ def test_the_server_command_runs_in_its_folder_behind_the_http_child_when_it_ser
 
 
 def test_the_build_status_page_refuses_everything_but_healthz():
-    status = runner_source.BuildStatus()
+    status = runner_source.BuildProgress()
     server = runner_source.serve_status("127.0.0.1", 0, status)
     port = server.server_address[1]
     try:
