@@ -13,7 +13,12 @@ answer of `tools/list` through the bridge (health check polled, then `initialize
   which is also about what a wake from `suspend` costs before its memory is restored;
 - a repository built from source (the `plain-javascript` fixture, served by the local GitHub
   stand-in): its first boot, which downloads the repository and runs `npm ci` in the sandbox
-  with an empty npm cache, and every later boot, which finds the build on the machine's volume.
+  with an empty npm cache, and every later boot, which finds the build on the machine's volume;
+- an OCI image from the local registry stand-in: the fixture image (a POSIX-shell server on
+  dash, 2 layers, under 1 MiB) and the same with a third layer of 64 MiB of incompressible
+  files in 256 files, at its first boot (pull, verify, unpack, then the sandbox with the image
+  as its root) and at every later boot (the image on the volume). The registry is on loopback,
+  so the pull's network time is not in it: add the image's size over the registry's bandwidth.
 
 Fly's own part — placing the machine and booting its VM — is not measurable here and comes on
 top. The CPU column is the runner's whole process tree (bridge, launcher, sandbox helpers, npm,
@@ -60,6 +65,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     # A source build's volume kept across starts (a later boot); else each start gets a new one.
     keep_builds: Path | None = None
+    keep_images: Path | None = None  # the same for an image
     wall_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
     tools: int = 0
@@ -114,6 +120,7 @@ def _start_once(case: Case, scratch: Path) -> tuple[float, float, int]:
     if case.warm_npm:
         _warm(root, case.warm_npm)
     builds = case.keep_builds or root / "volume" / "builds"
+    images = case.keep_images or root / "volume" / "images"
     port = _free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -125,6 +132,7 @@ def _start_once(case: Case, scratch: Path) -> tuple[float, float, int]:
         "CATWALK_RUNNER_ROOT": str(root),
         "CATWALK_RUNNER_READONLY_PATHS": str(REPO / "mcpgateway"),
         "CATWALK_RUNNER_BUILDS": str(builds),
+        "CATWALK_RUNNER_IMAGES": str(images),
         **case.env,
     }
     started = time.perf_counter()
@@ -186,10 +194,32 @@ def _source_env(archive: str) -> dict[str, str]:
     return {"CATWALK_SOURCE": json.dumps(spec)}
 
 
+def _image_env(registry, reference: str) -> dict[str, str]:
+    spec = {"reference": reference, "registries": {registry.host: registry.url}}
+    return {"CATWALK_IMAGE": json.dumps(spec)}
+
+
+def _large_image(registry) -> str:
+    """The fixture image with a third layer of 64 MiB in 256 incompressible files."""
+    from mcpgateway.tests import oci_standin
+
+    files = [
+        oci_standin.regular(f"srv/data/{index:03}.bin", os.urandom(256 << 10))
+        for index in range(256)
+    ]
+    layers = [*oci_standin.fixture_layers(), oci_standin.tar_gz(files)]
+    registry.push("catwalk/large", "1.0", layers, oci_standin.FIXTURE_CONFIG)
+    return f"{registry.host}/catwalk/large:1.0"
+
+
 def measure(starts: int = 5) -> list[Case]:
     from analysis.tests.github_standin import GitHubStandin
     from deployments.tests.source_fixtures import publish
+    from mcpgateway.tests.oci_standin import RegistryStandIn, fixture_image
 
+    registry = RegistryStandIn().start()
+    small_env = _image_env(registry, fixture_image(registry))
+    large_env = _image_env(registry, _large_image(registry))
     github = GitHubStandin()
     repository, sha = publish(github, "plain-javascript")
     source_env = _source_env(f"{github.api_url}/repos/{repository}/tarball/{sha}")
@@ -215,13 +245,22 @@ def measure(starts: int = 5) -> list[Case]:
             source_command,
             env=source_env,
         ),
+        Case("fixture image (<1 MiB), first boot (pull and unpack)", [], env=small_env),
+        Case("fixture image (<1 MiB), later boot (image on the volume)", [], env=small_env),
+        Case("64 MiB image, first boot (pull and unpack)", [], env=large_env),
+        Case("64 MiB image, later boot (image on the volume)", [], env=large_env),
     ]
+    later_source, later_small, later_large = cases[4], cases[6], cases[8]
     try:
         with tempfile.TemporaryDirectory(prefix="cwfly") as folder:
             scratch = Path(folder)
-            cases[-1].keep_builds = scratch / "volume" / "builds"
+            later_source.keep_builds = scratch / "volume" / "builds"
+            later_small.keep_images = scratch / "volume" / "small-images"
+            later_large.keep_images = scratch / "volume" / "large-images"
             _start_once(cases[0], scratch)  # warm the page cache; not counted
-            _start_once(cases[-1], scratch)  # the build the later boots find; not counted
+            # What the later boots find on their volume; not counted.
+            for case in (later_source, later_small, later_large):
+                _start_once(case, scratch)
             for _ in range(starts):
                 for case in cases:  # interleaved, so drift hits all alike
                     wall, cpu, case.tools = _start_once(case, scratch)
@@ -229,6 +268,7 @@ def measure(starts: int = 5) -> list[Case]:
                     case.cpu_ms.append(cpu)
     finally:
         github.close()
+        registry.stop()
     return cases
 
 

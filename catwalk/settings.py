@@ -441,10 +441,21 @@ if FLY_AUTOSTOP not in ("stop", "suspend"):
 # How long a machine may take from launch to answering tools/list (a first package download
 # included) before the deployment fails.
 FLY_START_TIMEOUT_SECONDS = config.read_int("FLY_START_TIMEOUT_SECONDS", 300, minimum=5)
-# A source deployment's volume (GB), which keeps its build across stops: room for a build of
-# BUILD_MAX_MB and the next one beside it while a new commit builds.
-FLY_SOURCE_VOLUME_GB = config.read_int(
-    "FLY_SOURCE_VOLUME_GB", max(1, -(-2 * BUILD_MAX_MB // 1024)), minimum=1
+# OCI images (packages of registryType "oci", which run on Fly): the runner pulls them itself.
+# OCI_REGISTRY_URLS maps a registry to the base URL to use for it ("ghcr.io=https://mirror...",
+# comma-separated); any other registry is https://<host>, Docker Hub registry-1.docker.io.
+OCI_REGISTRY_URLS = {}
+for _entry in config.read_list("OCI_REGISTRY_URLS", []):
+    _host, _, _url = _entry.partition("=")
+    if not _host.strip() or not _url.strip().startswith(("http://", "https://")):
+        raise config.SettingError("OCI_REGISTRY_URLS", "must be host=http(s)://url pairs")
+    OCI_REGISTRY_URLS[_host.strip()] = _url.strip().rstrip("/")
+# The largest image, unpacked, that a deployment may run.
+OCI_MAX_IMAGE_MB = config.read_int("OCI_MAX_IMAGE_MB", 2048, minimum=16)
+# A source or OCI deployment's volume (GB), which keeps its build or image across stops: room
+# for one of BUILD_MAX_MB (or OCI_MAX_IMAGE_MB) and the next beside it.
+FLY_VOLUME_GB = config.read_int(
+    "FLY_VOLUME_GB", max(1, -(-2 * max(BUILD_MAX_MB, OCI_MAX_IMAGE_MB) // 1024)), minimum=1
 )
 # Retries of a Fly API call answered 408/429/5xx (exponential backoff from this first delay).
 FLY_API_RETRIES = config.read_int("FLY_API_RETRIES", 5)

@@ -20,7 +20,7 @@ from deployments.models import (
     ProcessModel,
     Runtime,
 )
-from deployments.runtimes.base import available_runtimes
+from deployments.runtimes.base import available_runtimes, runtimes_for
 
 MAX_VALUE_BYTES = CREDENTIAL_VALUE_MAX_BYTES
 RESERVED_PREFIX = "CATWALK_"
@@ -251,9 +251,10 @@ class DeployForm(forms.Form):
         help_text="Where the server's process runs. Its endpoint is on Catwalk either way.",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, registry: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        kinds = set(available_runtimes())
+        # Only the runtimes that can run the package (an OCI image runs on Fly alone).
+        kinds = set(runtimes_for(registry) if registry else available_runtimes())
         choices = [c for c in Runtime.choices if c[0] in kinds]
         self.fields["runtime"].choices = choices
         if choices and Runtime.LOCAL not in kinds:

@@ -160,7 +160,7 @@ class Deployment(models.Model):
             return f"{self.package_registry}:{self.package_name}"
         joiner = "==" if self.package_registry == PackageRegistry.PYPI else "@"
         if self.package_registry == PackageRegistry.OCI:
-            joiner = ":"
+            joiner = "@" if self.package_version.startswith("sha256:") else ":"
         return f"{self.package_registry}:{self.package_name}{joiner}{self.package_version}"
 
     @property

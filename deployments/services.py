@@ -43,9 +43,11 @@ from deployments.runtimes.base import (
     ProbeError,
     available_runtimes,
     get_runtime,
+    image_reference,
     list_tools,
     package_command,
     validate_entry,
+    validate_image_package,
 )
 
 RESERVED_ENV_PREFIX = "CATWALK_BRIDGE_"
@@ -106,7 +108,8 @@ class PackageSpec:
 
 
 def parse_package_spec(spec: str) -> PackageSpec:
-    """Parse `npm:NAME[@VERSION]` or `pypi:NAME[==VERSION]`. Raises PackageError."""
+    """Parse `npm:NAME[@VERSION]`, `pypi:NAME[==VERSION]` or `oci:IMAGE[:TAG|@DIGEST]`.
+    Raises PackageError."""
     registry, separator, rest = spec.partition(":")
     if not separator or not rest:
         raise PackageError(f"{spec!r} is not npm:NAME[@VERSION] or pypi:NAME[==VERSION]")
@@ -116,8 +119,13 @@ def parse_package_spec(spec: str) -> PackageSpec:
         name, version = (rest, "") if at < 0 else (rest[:at], rest[at + 1 :])
     elif registry == PackageRegistry.PYPI:
         name, _, version = rest.partition("==")
+    elif registry == PackageRegistry.OCI:
+        image = image_reference(rest)
+        return PackageSpec(
+            registry, f"{image.registry}/{image.repository}", image.digest or image.tag
+        )
     else:
-        raise PackageError(f"unknown registry {registry!r}: use npm: or pypi:")
+        raise PackageError(f"unknown registry {registry!r}: use npm:, pypi: or oci:")
     if not version and rest != name:
         raise PackageError(f"{spec!r} has an empty version")
     package_command(registry, name, version)
@@ -208,6 +216,8 @@ def create_deployment(
                 raise PackageError("a source deployment needs a build that has not failed")
             validate_entry("", entry_args)
             package = source_package(source_build)
+        elif package.registry == PackageRegistry.OCI:
+            validate_image_package(package.name, package.version, entry_command, entry_args)
         else:
             package_command(
                 package.registry, package.name, package.version, entry_command, entry_args

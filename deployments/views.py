@@ -37,12 +37,19 @@ from deployments.models import (
     Deployment,
     DesiredState,
     GitHubToken,
+    PackageRegistry,
     SourceBuild,
     Status,
     TokenPurpose,
     ToolCall,
 )
-from deployments.runtimes.base import PackageError, get_runtime, package_command
+from deployments.runtimes.base import (
+    PackageError,
+    get_runtime,
+    package_command,
+    runtimes_for,
+    validate_image_package,
+)
 from deployments.services import (
     DeploymentError,
     PackageSpec,
@@ -248,9 +255,17 @@ def _why_not_deployable(analysis: Analysis) -> str:
     # entry_command only ever names a plain command the package installs, never a path.
     command = entry_command(analysis.result)
     try:
-        package_command(spec.registry, spec.name, spec.version, command)
+        if spec.registry == PackageRegistry.OCI:
+            validate_image_package(spec.name, spec.version, "", [])  # its own entrypoint
+        else:
+            package_command(spec.registry, spec.name, spec.version, command)
     except PackageError as exc:
         return f"Catwalk cannot run this package: {exc}."
+    if spec.registry == PackageRegistry.OCI and not runtimes_for(spec.registry):
+        return (
+            "Catwalk cannot run this package: OCI image packages run on the Fly runtime, "
+            "which this Catwalk does not have."
+        )
     return ""
 
 
@@ -285,7 +300,11 @@ def deploy_analysis(request: HttpRequest, analysis_id: int) -> HttpResponse:
         variables = environment_variables(document)
         base_name = spec.name
     data = request.POST if request.method == "POST" else None
-    deploy_form = DeployForm(data, initial={"name": unique_name(owner, default_name(base_name))})
+    deploy_form = DeployForm(
+        data,
+        initial={"name": unique_name(owner, default_name(base_name))},
+        registry=spec.registry if spec else PackageRegistry.SOURCE,
+    )
     credential_form = CredentialForm(variables=variables, data=data)
     if data is not None:
         if all([deploy_form.is_valid(), credential_form.is_valid()]):
@@ -301,7 +320,11 @@ def deploy_analysis(request: HttpRequest, analysis_id: int) -> HttpResponse:
                     name=deploy_form.cleaned_data["name"],
                     environment=credential_form.environment(),
                     process_model=deploy_form.cleaned_data["process_model"],
-                    entry_command=entry_command(document) if spec else "",
+                    entry_command=(
+                        entry_command(document)
+                        if spec and spec.registry != PackageRegistry.OCI
+                        else ""
+                    ),
                     analysis=analysis,
                     secret_names=secret_names,
                     runtime=runtime,

@@ -13,6 +13,11 @@ The machine's environment (set by the Fly runtime, `deployments/runtimes/fly.py`
 * `CATWALK_SOURCE` (source deployments): the repository's archive and build steps, built once
   into the volume at `CATWALK_RUNNER_BUILDS` (default `/data/builds`) before the bridge starts
   (`mcpgateway/runner_source.py`); the server then sees its build at /srv/app;
+* `CATWALK_IMAGE` (OCI deployments): the image, JSON `{"reference", "registries", "max_bytes"}`,
+  pulled once into the volume at `CATWALK_RUNNER_IMAGES` (default `/data/images`) before the
+  bridge starts (`mcpgateway/oci.py`); the server is then the image's entrypoint, with
+  `CATWALK_SERVER_COMMAND` (maybe `[]`) as the arguments that replace the image's command, run
+  in the sandbox with the image's files as its root;
 * `CATWALK_BRIDGE_MODE` (`shared` | `isolated`), `CATWALK_MAX_SESSIONS`,
   `CATWALK_SESSION_IDLE_TIMEOUT` (seconds), `CATWALK_DEPLOYMENT` (names the sandbox);
 * app secrets: `CATWALK_BRIDGE_SECRET` (required: the bridge demands it on every route but
@@ -48,12 +53,12 @@ import re
 import shlex
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from mcpgateway import buildsteps, runner_source, sandbox_profile
+from mcpgateway import buildsteps, oci, runner_source, sandbox_profile
 from mcpgateway.bridge.config import parse_listen
 from mcpgateway.sandbox import LIMIT_EXIT_STATUS, SETUP_EXIT_STATUS
 
@@ -66,6 +71,7 @@ DEFAULT_ROOT = "/var/lib/catwalk-runner"
 DEFAULT_SANDBOX_UID = 10_000
 DEFAULT_MAX_SESSIONS = 1000
 DEFAULT_SESSION_IDLE_TIMEOUT = 1800.0
+DEFAULT_IMAGES = "/data/images"
 # The folder holding the `mcpgateway` package: the bridge runs with it as working directory,
 # which makes `-m mcpgateway.bridge` importable without a PYTHONPATH.
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -74,6 +80,10 @@ SANDBOX_HOME = "/home/server"
 SANDBOX_WORK = "/srv/server"
 SANDBOX_BINDS = {"home": SANDBOX_HOME, "work": SANDBOX_WORK, "tmp": "/tmp"}  # noqa: S108
 SANDBOX_CACHES = {"npm": f"{SANDBOX_HOME}/.npm", "uv": f"{SANDBOX_HOME}/.cache/uv"}
+# An image's server: its own files as the root, a home and /tmp on its tmpfs, and its working
+# folder where the image says.
+IMAGE_BINDS = {"home": SANDBOX_HOME, "tmp": "/tmp"}  # noqa: S108
+IMAGE_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A Machine is one server's: its sandbox gets most of the memory (the bridge needs little) and
 # at most half of that as its writable tmpfs, which is memory too.
 MEMORY_SHARE = 0.75
@@ -105,6 +115,8 @@ class RunnerConfig:
     unsafe_no_sandbox: bool = False
     source: runner_source.SourceSpec | None = None
     builds: Path = Path(runner_source.DEFAULT_BUILDS)
+    image: ImageSpec | None = None
+    images: Path = Path(DEFAULT_IMAGES)
 
     @property
     def build_uid(self) -> int:
@@ -115,8 +127,11 @@ class RunnerConfig:
         return None if self.source is None else self.builds / self.source.key / "app"
 
 
-def _server_command(text: str | None) -> list[str]:
+def _server_command(text: str | None, *, arguments_only: bool = False) -> list[str]:
+    """The server's argv; for an image, the arguments that replace its command (maybe none)."""
     if not text:
+        if arguments_only:
+            return []
         raise ConfigError("CATWALK_SERVER_COMMAND is not set (a JSON array: the server's argv)")
     try:
         command = json.loads(text)
@@ -124,12 +139,40 @@ def _server_command(text: str | None) -> list[str]:
         raise ConfigError("CATWALK_SERVER_COMMAND is not valid JSON") from None
     if (
         not isinstance(command, list)
-        or not command
+        or not (command or arguments_only)
         or not all(isinstance(arg, str) and "\0" not in arg for arg in command)
-        or not command[0]
+        or (command and not command[0])
     ):
         raise ConfigError("CATWALK_SERVER_COMMAND must be a non-empty JSON array of strings")
     return command
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """An OCI deployment's image (`CATWALK_IMAGE`), pulled once into the volume."""
+
+    reference: oci.Reference
+    registries: dict[str, str]
+    max_bytes: int
+
+
+def parse_image_spec(text: str) -> ImageSpec:
+    """`{"reference": IMAGE, "registries": {host: base URL}, "max_bytes": N}`; raises
+    ConfigError."""
+    try:
+        data = json.loads(text)
+        reference = oci.parse_reference(str(data["reference"]))
+        registries = {str(k): str(v) for k, v in (data.get("registries") or {}).items()}
+        max_bytes = int(data.get("max_bytes") or oci.Limits().max_unpacked_bytes)
+    except oci.ImageError as exc:
+        raise ConfigError(f"CATWALK_IMAGE: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError("CATWALK_IMAGE must be a JSON object naming the image") from None
+    if not all(url.startswith(("http://", "https://")) for url in registries.values()):
+        raise ConfigError("CATWALK_IMAGE: a registry's URL must be http(s)")
+    if max_bytes <= 0:
+        raise ConfigError("CATWALK_IMAGE: max_bytes must be positive")
+    return ImageSpec(reference, registries, max_bytes)
 
 
 def _whole_number(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -183,7 +226,14 @@ def _credentials(environ: Mapping[str, str]) -> dict[str, str]:
 
 def read_config(environ: Mapping[str, str]) -> RunnerConfig:
     """The runner's configuration from the machine's environment; raises ConfigError."""
-    command = _server_command(environ.get("CATWALK_SERVER_COMMAND"))
+    image = None
+    if environ.get("CATWALK_IMAGE", "").strip():
+        if environ.get("CATWALK_SOURCE", "").strip():
+            raise ConfigError("CATWALK_IMAGE and CATWALK_SOURCE cannot both be set")
+        image = parse_image_spec(environ["CATWALK_IMAGE"])
+    command = _server_command(
+        environ.get("CATWALK_SERVER_COMMAND"), arguments_only=image is not None
+    )
     secret = environ.get(SECRET_VARIABLE, "")
     if not secret:
         raise ConfigError(f"{SECRET_VARIABLE} is not set; the bridge must not serve without it")
@@ -208,8 +258,8 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
     if environ.get("CATWALK_SOURCE", "").strip():
         try:
             # A build is the image's: its Node and Python made the native modules and venvs.
-            image = f"{environ.get('FLY_IMAGE_REF', '')} {sys.version}"
-            source = runner_source.parse_spec(environ["CATWALK_SOURCE"], image)
+            runner_image = f"{environ.get('FLY_IMAGE_REF', '')} {sys.version}"
+            source = runner_source.parse_spec(environ["CATWALK_SOURCE"], runner_image)
         except runner_source.SourceError as exc:
             raise ConfigError(str(exc)) from None
         if parse_listen(listen).unix_path is not None:
@@ -217,6 +267,15 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
     builds = Path(environ.get("CATWALK_RUNNER_BUILDS", "").strip() or runner_source.DEFAULT_BUILDS)
     if not builds.is_absolute():
         raise ConfigError(f"CATWALK_RUNNER_BUILDS must be an absolute path, not {str(builds)!r}")
+    images = Path(environ.get("CATWALK_RUNNER_IMAGES", "").strip() or DEFAULT_IMAGES)
+    if not images.is_absolute():
+        raise ConfigError(f"CATWALK_RUNNER_IMAGES must be an absolute path, not {str(images)!r}")
+    unsafe = _flag(environ, "CATWALK_UNSAFE_NO_SANDBOX")
+    if image is not None:
+        if unsafe:
+            raise ConfigError("an OCI image runs only in the sandbox, its files as the root")
+        if parse_listen(listen).unix_path is not None:
+            raise ConfigError("an OCI deployment needs a tcp: CATWALK_RUNNER_LISTEN")
     return RunnerConfig(
         command=command,
         secret=secret,
@@ -235,9 +294,11 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
         ),
         sandbox_name=name,
         readonly_paths=readonly,
-        unsafe_no_sandbox=_flag(environ, "CATWALK_UNSAFE_NO_SANDBOX"),
+        unsafe_no_sandbox=unsafe,
         source=source,
         builds=builds,
+        image=image,
+        images=images,
     )
 
 
@@ -372,6 +433,58 @@ def sandboxed(config: RunnerConfig, caches: dict[str, Path]) -> Server:
     )
 
 
+def image_environment(config: RunnerConfig, image: oci.ImageConfig) -> dict[str, str]:
+    """An image's server environment, as a container's: the image's variables, a home and
+    temporary folder of its own, then its credentials over them."""
+    environment = {"PATH": IMAGE_DEFAULT_PATH, **image.env}
+    environment.update(HOME=SANDBOX_HOME, TMPDIR="/tmp")  # noqa: S108 - the sandbox's own
+    environment.update(config.credentials)
+    return environment
+
+
+def image_sandboxed(config: RunnerConfig, pulled: oci.PulledImage) -> Server:
+    """The image's entrypoint in the sandbox, with the image's files as its root."""
+    problems = sandbox_profile.problems(sandbox_profile.DEFAULT_TOOLS_PATH, "the runner")
+    if problems:
+        raise ConfigError(
+            f"refusing to start: an OCI image runs only inside the sandbox, which cannot run "
+            f"here ({'; '.join(problems)})"
+        )
+    try:
+        argv = pulled.config.argv(config.command)
+    except oci.ImageError as exc:
+        raise ConfigError(str(exc)) from None
+    tools, _ = sandbox_profile.find_tools(sandbox_profile.DEFAULT_TOOLS_PATH)
+    environment_file, profile_file = config.root / "sandbox.env", config.root / "sandbox.json"
+    sandbox_profile.write_environment(environment_file, image_environment(config, pulled.config))
+    profile = sandbox_profile.build_profile(
+        name=config.sandbox_name,
+        uid=config.sandbox_uid,
+        area=config.root / "sandbox",
+        binds=IMAGE_BINDS,
+        caches={},
+        shared_writable={},
+        environment_file=environment_file,
+        tools=tools,
+        limits=machine_limits(),
+        launches=config.max_sessions if config.mode == "isolated" else 1,
+        readonly=[],
+        hidden=[],
+        blocked=sandbox_profile.host_networks(),
+        cgroup_root="/sys/fs/cgroup",
+    )
+    profile["root"] = {"image": str(pulled.rootfs), "workdir": pulled.config.working_dir or "/"}
+    sandbox_profile.write_profile(profile_file, profile)
+    return Server(
+        command=sandbox_profile.launcher_command(argv, profile_file),
+        bridge_environment=dict(sandbox_profile.ROOT_ENVIRONMENT),
+        bridge_flags=[
+            f"--fatal-exit-status={status}" for status in (LIMIT_EXIT_STATUS, SETUP_EXIT_STATUS)
+        ],
+        description=f"of {pulled.digest}, sandboxed as uid {config.sandbox_uid}",
+    )
+
+
 def unsandboxed(config: RunnerConfig, folders: dict[str, Path], caches: dict[str, Path]) -> Server:
     """The server as the runner's own user, with its environment through the bridge's."""
     for folder in caches.values():
@@ -391,15 +504,18 @@ def unsandboxed(config: RunnerConfig, folders: dict[str, Path], caches: dict[str
     )
 
 
-def prepare(config: RunnerConfig) -> Launch:
-    """Make the folders and the server's files; raises ConfigError or OSError."""
+def prepare(config: RunnerConfig, pulled: oci.PulledImage | None = None) -> Launch:
+    """Make the folders and the server's files; raises ConfigError or OSError. `pulled` is an
+    OCI deployment's image."""
     config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     config.root.chmod(0o700)
     folders = {name: config.root / "server" / name for name in ("home", "work", "tmp")}
     for folder in folders.values():
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     caches = {name: config.root / "cache" / name for name in SANDBOX_CACHES}
-    if config.unsafe_no_sandbox:
+    if pulled is not None:
+        server = image_sandboxed(config, pulled)
+    elif config.unsafe_no_sandbox:
         server = unsandboxed(config, folders, caches)
     else:
         server = sandboxed(config, caches)
@@ -512,12 +628,62 @@ def build_source(config: RunnerConfig) -> None:
             signal.pause()
 
 
+@dataclass
+class ImagePull:
+    """Pulls an OCI deployment's image into the volume, once; `build_once` runs it as it runs
+    a source build, answering /healthz meanwhile."""
+
+    spec: ImageSpec
+    images: Path
+    say: Callable[[str], None]
+    status: runner_source.BuildProgress
+    pulled: oci.PulledImage | None = None
+
+    def built(self) -> bool:
+        self.pulled = oci.cached(self.spec.reference, self.images)
+        return self.pulled is not None
+
+    def build(self) -> None:
+        self.status.set(f"pulling {self.spec.reference}")
+        self.say(f"pulling the image {self.spec.reference}")
+        limits = oci.Limits(
+            max_compressed_bytes=self.spec.max_bytes, max_unpacked_bytes=self.spec.max_bytes
+        )
+        registry = oci.Registry(self.spec.registries, limits=limits, say=self.say)
+        try:
+            self.pulled = oci.pull_once(self.spec.reference, self.images, registry)
+        except oci.ImageError as exc:
+            raise runner_source.SourceError(f"The image could not be pulled: {exc}") from None
+        self.say(f"pulled {self.spec.reference} ({self.pulled.digest})")
+
+    def stop(self) -> None:
+        return  # nothing runs apart from this process, which exits
+
+
+def pull_image(config: RunnerConfig) -> oci.PulledImage:
+    """An OCI deployment's image, pulled unless the volume has it. A pull that fails keeps the
+    machine answering /healthz with the reason until it is stopped."""
+    assert config.image is not None
+    config.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config.images.mkdir(mode=0o755, parents=True, exist_ok=True)
+    pull = ImagePull(config.image, config.images, say, runner_source.BuildProgress())
+    listen = parse_listen(config.listen)
+    if not runner_source.build_once(pull, (listen.host, listen.port)):
+        while True:  # SIGTERM ends it (build_once's handler exits 0)
+            signal.pause()
+    assert pull.pulled is not None
+    return pull.pulled
+
+
 def main() -> NoReturn:
     try:
         config = read_config(os.environ)
+        pulled = None
         if config.source is not None:
             build_source(config)
-        launch = prepare(config)
+        elif config.image is not None:
+            pulled = pull_image(config)
+        launch = prepare(config, pulled)
     except ConfigError as exc:
         say(str(exc))
         sys.exit(EX_CONFIG)

@@ -235,7 +235,7 @@ def serve_status(host: str, port: int, status: BuildProgress) -> ThreadingHTTPSe
                 code, body = status.health()
             else:
                 code = 503
-                body = {"error": "the MCP server is being built from source; try again shortly"}
+                body = {"error": "the MCP server is being prepared; try again shortly"}
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("content-type", "application/json")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 # Imports are few and cheap on purpose: the launcher's own start-up is part of every server's.
 import _socket
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -99,6 +100,9 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+# Where the host's /usr (and its /bin, /lib... links) appear in an image's sandbox, for the
+# tools that set it up.
+HOST_MOUNT = "/.catwalk-host"
 
 
 class SetupError(Exception):
@@ -144,6 +148,10 @@ class Profile:
             self.tools = {str(k): str(v) for k, v in data["tools"].items()}
             # The server's whole environment, as `NAME='value'` lines (see the runtime).
             self.environment_file = str(data.get("environment_file", "/dev/null"))
+            # An image's root filesystem to run in, instead of the host's system (OCI packages).
+            root = data.get("root")
+            self.root_image = str(root["image"]) if root else ""
+            self.root_workdir = str(root.get("workdir") or "/") if root else ""
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SetupError(f"bad profile: {exc!r}") from exc
         for tool in ("bwrap", "setpriv", "nft", "slirp4netns", "mount"):
@@ -158,6 +166,13 @@ class Profile:
             raise SetupError("every limit must be positive")
         if not self.cpus > 0:
             raise SetupError("the CPU limit must be positive")
+        if self.root_image and not (
+            os.path.isabs(self.root_image)
+            and os.path.isdir(self.root_image)
+            and os.path.isabs(self.root_workdir)
+            and "\0" not in self.root_workdir
+        ):
+            raise SetupError("bad profile: the root image must be a folder, its workdir absolute")
         for network in self.blocked:
             # nft parses these; refuse anything that is not a plain IPv4 address or prefix.
             address, _, length = network.partition("/")
@@ -266,6 +281,8 @@ def prepare_writable_area(profile: Profile) -> dict[str, str]:
     for name, text in files.items():
         with open(os.path.join(etc, name), "w") as handle:
             handle.write(text)
+    if profile.root_image:
+        prepare_root(profile, files)
     for index, (shared, target) in enumerate(profile.caches):
         if not os.path.isdir(shared):
             continue
@@ -297,10 +314,153 @@ def prepare_writable_area(profile: Profile) -> dict[str, str]:
     return binds
 
 
+def root_folder(profile: Profile) -> str:
+    """Where the image's root filesystem is mounted, writable, for the sandbox's `/`."""
+    return os.path.join(profile.area, ".root", "merged")
+
+
+def _replace_file(folder_fd: int, name: str, text: str) -> None:
+    """Write `name` in the open folder, whatever the image put there (never following it)."""
+    try:
+        os.unlink(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        pass
+    except (IsADirectoryError, PermissionError):
+        raise SetupError(f"the image's /etc/{name} is a folder") from None
+    fd = os.open(
+        name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder_fd
+    )
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def prepare_root(profile: Profile, etc_files: dict[str, str]) -> None:
+    """The image's files as the sandbox's root: read-only below, a writable layer of the
+    server's tmpfs on top, so whatever it writes vanishes with it, as in a container.
+
+    Everything here works on the merged folder as root, so nothing follows a link the image
+    made: /etc must be a real folder, and the files written into it replace the image's own
+    entries without reading them. Besides the server's user, group and resolver, an empty
+    /etc/ld.so.preload: the host tools that set the sandbox up (see `bwrap_arguments`) run
+    inside it with privileges, and must not load a library the image names.
+    """
+    layer = os.path.join(profile.area, ".root")
+    upper, work, merged = (os.path.join(layer, part) for part in ("upper", "work", "merged"))
+    for folder in (upper, work, merged):
+        os.makedirs(folder, 0o755)
+    _mount(
+        "overlay",
+        merged,
+        "overlay",
+        MS_NOSUID | MS_NODEV,
+        f"lowerdir={profile.root_image},upperdir={upper},workdir={work}",
+    )
+    root_fd = os.open(merged, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("etc", HOST_MOUNT.strip("/")):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=root_fd)
+        # Whatever the image has at the host tools' place goes, links unfollowed.
+        host = os.path.join(merged, HOST_MOUNT.strip("/"))
+        if os.path.isdir(host) and not os.path.islink(host):
+            import shutil  # only an image's sandbox needs it
+
+            shutil.rmtree(host)
+        else:
+            os.unlink(host)
+        os.mkdir(host, 0o755)
+        try:
+            etc_fd = os.open("etc", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+        except OSError:
+            raise SetupError("the image's /etc is not a folder") from None
+        try:
+            for name, text in {**etc_files, "ld.so.preload": ""}.items():
+                _replace_file(etc_fd, name, text)
+        finally:
+            os.close(etc_fd)
+        # The working folder is the server's, as an image's user owns it in a container: made
+        # where missing, never through a link.
+        folder_fd = os.dup(root_fd)
+        try:
+            for part in [p for p in profile.root_workdir.split("/") if p not in ("", ".")]:
+                if part == "..":
+                    raise SetupError(f"bad working folder {profile.root_workdir!r}")
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=folder_fd)
+                try:
+                    inner = os.open(
+                        part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder_fd
+                    )
+                except OSError:
+                    return  # a link or a file: the server gets it as the image made it
+                os.close(folder_fd)
+                folder_fd = inner
+            if profile.root_workdir.strip("/"):
+                os.fchown(folder_fd, profile.uid, profile.gid)
+        finally:
+            os.close(folder_fd)
+    finally:
+        os.close(root_fd)
+
+
+def _quote(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def host_program(profile: Profile, path: str) -> list[str]:
+    """How a host tool runs inside the sandbox. On the host's system, as it is; in an image's
+    root, through the host's own dynamic loader and libraries, mounted at HOST_MOUNT, so it
+    never loads the image's libraries."""
+    if not profile.root_image:
+        return [path]
+    loader = elf_interpreter(path)
+    libraries = ":".join(
+        f"{HOST_MOUNT}{folder}" for folder in _library_folders() if os.path.isdir(folder)
+    )
+    return [f"{HOST_MOUNT}{loader}", "--library-path", libraries, f"{HOST_MOUNT}{path}"]
+
+
+def _library_folders() -> list[str]:
+    triplet = getattr(sys.implementation, "_multiarch", "")
+    folders = [f"/usr/lib/{triplet}", f"/lib/{triplet}"] if triplet else []
+    return [*folders, "/usr/lib64", "/lib64", "/usr/lib", "/lib"]
+
+
+def elf_interpreter(path: str) -> str:
+    """The dynamic loader an ELF program names (its PT_INTERP), as a real path."""
+    import struct  # only an image's sandbox needs it
+
+    with open(path, "rb") as handle:
+        header = handle.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2:
+            raise SetupError(f"{path} is not a 64-bit ELF program")
+        endian = "<" if header[5] == 1 else ">"
+        (phoff,) = struct.unpack_from(endian + "Q", header, 32)
+        phentsize, phnum = struct.unpack_from(endian + "HH", header, 54)
+        for index in range(phnum):
+            handle.seek(phoff + index * phentsize)
+            (kind,) = struct.unpack(endian + "I", handle.read(4))
+            if kind == 3:  # PT_INTERP
+                handle.seek(phoff + index * phentsize + 8)
+                (offset,) = struct.unpack(endian + "Q", handle.read(8))
+                handle.seek(phoff + index * phentsize + 32)
+                (size,) = struct.unpack(endian + "Q", handle.read(8))
+                handle.seek(offset)
+                name = handle.read(size).rstrip(b"\0").decode()
+                return os.path.realpath(name)
+    raise SetupError(f"{path} names no dynamic loader")
+
+
 def bwrap_arguments(
     profile: Profile, binds: dict[str, str], info_fd: int, block_fd: int, env_fd: int
 ):
-    """bubblewrap's command line: namespaces, the read-only system, the writable binds."""
+    """bubblewrap's command line: namespaces, the read-only system, the writable binds.
+
+    With an image (`root_image`), its files are `/` and the host's system is only at
+    HOST_MOUNT, for the set-up stages; nothing else of the host is shown.
+    """
+    root = bool(profile.root_image)
+    host = HOST_MOUNT if root else ""
     args = [
         profile.tools["bwrap"],
         "--unshare-pid",
@@ -311,16 +471,18 @@ def bwrap_arguments(
         "sandbox",
         "--die-with-parent",
         "--new-session",
-        "--ro-bind",
-        "/usr",
-        "/usr",
     ]
+    if root:
+        args += ["--bind", root_folder(profile), "/"]
+    args += ["--ro-bind", "/usr", f"{host}/usr"]
     for name in ("bin", "lib", "lib32", "lib64", "libx32", "sbin"):
         path = f"/{name}"
         if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
+            target = os.readlink(path)
+            args += ["--symlink", f"{host}{target}" if target.startswith("/") else target]
+            args += [f"{host}{path}"]
         elif os.path.isdir(path):
-            args += ["--ro-bind", path, path]
+            args += ["--ro-bind", path, f"{host}{path}"]
     created: set[str] = {"/"}
 
     def parents_of(target: str) -> list[str]:
@@ -337,21 +499,23 @@ def bwrap_arguments(
             out += ["--perms", "0755", "--dir", folder]
         return out
 
-    for entry in ETC_ENTRIES:
-        path = f"/etc/{entry}"
-        if os.path.exists(path):
-            args += [*parents_of(path), "--ro-bind", path, path]
-    etc = os.path.join(profile.area, ".etc")
-    for entry in ("resolv.conf", "passwd", "group"):
-        args += [*parents_of(f"/etc/{entry}"), "--ro-bind", f"{etc}/{entry}", f"/etc/{entry}"]
+    if not root:  # an image brings its own /etc, with the launcher's files written in
+        for entry in ETC_ENTRIES:
+            path = f"/etc/{entry}"
+            if os.path.exists(path):
+                args += [*parents_of(path), "--ro-bind", path, path]
+        etc = os.path.join(profile.area, ".etc")
+        for entry in ("resolv.conf", "passwd", "group"):
+            source = f"{etc}/{entry}"
+            args += [*parents_of(f"/etc/{entry}"), "--ro-bind", source, f"/etc/{entry}"]
     # A private /tmp first: read-only folders below /tmp stay visible on top of it.
     for source, target in binds.items():
         if target == "/tmp":  # noqa: S108
             args += ["--bind", source, target]
-    for path in profile.readonly:
+    for path in [] if root else profile.readonly:
         if os.path.exists(path):
             args += [*parents_of(path), "--ro-bind", path, path]
-    for path in profile.hidden:
+    for path in [] if root else profile.hidden:
         # Only where a read-only folder would show it; elsewhere it does not exist in there.
         inside = any(path.startswith(folder.rstrip("/") + "/") for folder in profile.readonly)
         if inside and os.path.exists(path):
@@ -362,7 +526,13 @@ def bwrap_arguments(
             args += [*parents_of(target), "--bind", source, target]
     for source, target in profile.shared_writable:
         args += [*parents_of(target), "--bind", source, target]
-    args += ["--chdir", profile.binds.get("work", profile.binds.get("home", "/"))]
+    workdir = profile.binds.get("work", profile.binds.get("home", "/"))
+    args += ["--chdir", profile.root_workdir if root else workdir]
+    # The host's shell, mount and setpriv, whatever the image holds (see `host_program`);
+    # with an image, mount is given the source too, so it reads no fstab of the image's.
+    shell = host_program(profile, "/bin/sh")
+    remount = [*host_program(profile, profile.tools["mount"]), "-o", "remount,hidepid=2"]
+    remount += ["-n", "proc", "/proc"] if root else ["/proc"]
     args += [
         # The first stage, a fixed shell line, remounts /proc so the server sees only its own
         # processes (not bubblewrap's reaper, whose command line describes the sandbox), then
@@ -383,11 +553,11 @@ def bwrap_arguments(
         str(block_fd),
         "--clearenv",
         "--",
-        "/bin/sh",
+        *shell,
         "-c",
-        f'{profile.tools["mount"]} -o remount,hidepid=2 /proc && exec "$@"',
+        f'{" ".join(map(_quote, remount))} && exec "$@"',
         "sh",
-        profile.tools["setpriv"],
+        *host_program(profile, profile.tools["setpriv"]),
         f"--reuid={profile.uid}",
         f"--regid={profile.gid}",
         "--clear-groups",
@@ -398,7 +568,7 @@ def bwrap_arguments(
         # Only now, as the server's uid with no capabilities left, does its environment (the
         # deployment's credentials, shell-quoted by the runtime) come in, read from an open
         # descriptor that is closed before the server runs: no root process ever has it.
-        "/bin/sh",
+        *shell,
         "-c",
         f'set -a; . /dev/fd/{env_fd}; set +a; exec {env_fd}<&-; exec "$@"',
         "sh",

@@ -28,6 +28,7 @@ import httpx
 from django.conf import settings
 
 from deployments.runtimes.sandbox import LIMIT_MESSAGE_PREFIX
+from mcpgateway import oci
 
 if TYPE_CHECKING:
     from deployments.models import Deployment
@@ -147,6 +148,11 @@ def available_runtimes() -> list[str]:
     return [kind for kind, runtime in _registry.items() if runtime.is_configured()]
 
 
+def runtimes_for(registry: str) -> list[str]:
+    """The available kinds that can run packages of `registry`."""
+    return [kind for kind in available_runtimes() if registry in _registry[kind].registries]
+
+
 def get_runtime(kind: str) -> Runtime:
     if not _loaded:
         _load_runtime_modules()
@@ -196,8 +202,30 @@ def validate_package(registry: str, name: str, version: str = "") -> None:
             raise PackageError(f"{name!r} is not a valid PyPI project name")
         if version and (len(version) > VERSION_MAX or not _PYPI_VERSION.match(version)):
             raise PackageError(f"{version!r} is not a PEP 440 version")
+    elif registry == "oci":
+        image_reference(name, version)
     else:
-        raise PackageError(f"{registry} packages cannot be run yet; use npm or PyPI")
+        raise PackageError(f"{registry} packages cannot be run yet; use npm, PyPI or OCI")
+
+
+def image_reference(name: str, version: str = "") -> oci.Reference:
+    """An OCI package's image: `name` (registry/repository, perhaps with a tag or digest) at
+    `version` (a tag, when the name has none). Raises PackageError."""
+    try:
+        if version.startswith("sha256:"):
+            return oci.parse_reference(f"{name}@{version}")
+        return oci.parse_reference(name, version)
+    except oci.ImageError as exc:
+        raise PackageError(str(exc)) from None
+
+
+def validate_image_package(name: str, version: str, entry_command: str, entry_args) -> None:
+    """An OCI package runs its image's entrypoint; `entry_args` replace the image's command
+    (as `docker run IMAGE ARGS` does). Raises PackageError."""
+    image_reference(name, version)
+    if entry_command:
+        raise PackageError("an OCI image runs its own entrypoint; give arguments only")
+    validate_entry("", entry_args)
 
 
 def validate_entry(entry_command: str, entry_args: Sequence[object]) -> None:
@@ -240,6 +268,9 @@ def package_command(
     if os_path.isabs(entry_command):
         return [entry_command, *args]
     validate_package(registry, name, version)
+    if registry == "oci":
+        # Only the Fly runner runs an image (see mcpgateway/runner.py); nothing here does.
+        raise PackageError("an OCI image is not a command Catwalk runs on this host")
     if registry == "npm":
         spec = f"{name}@{version or 'latest'}"
         if entry_command:

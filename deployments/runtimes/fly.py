@@ -65,8 +65,10 @@ from deployments.runtimes.base import (
     bridge_secret,
     crash_reason,
     deployment_command,
+    image_reference,
     list_tools,
     register,
+    validate_image_package,
 )
 from deployments.runtimes.fly_api import FlyClient, FlyError, iter_events
 from deployments.runtimes.local import APP_MOUNT, SECRET_HEADER, session_settings, source_entry
@@ -92,7 +94,7 @@ COMING_UP_STATES = frozenset({"created", "starting", "replacing", "updating"})
 DOWN_STATES = frozenset({"stopped", "stopping", "suspended", "suspending"})
 FAILED_STATES = frozenset({"failed", "launch_failed"})
 GONE_STATES = frozenset({"destroyed", "destroying"})
-# A source deployment's build lives on a volume of its own, mounted here.
+# A source build or a pulled OCI image lives on a volume of the deployment's own, mounted here.
 VOLUME_NAME = "catwalk_builds"
 VOLUME_PATH = "/data"
 GONE_VOLUME_STATES = frozenset({"destroyed", "destroying", "pending_destroy"})
@@ -160,6 +162,31 @@ def source_spec(deployment: Deployment) -> tuple[dict, list[str]]:
     return spec, [*source_entry(recipe, APP_MOUNT), *(deployment.entry_args or [])]
 
 
+def image_spec(deployment: Deployment) -> dict:
+    """An OCI deployment's `CATWALK_IMAGE`: the image its runner pulls, once, into its volume
+    (`mcpgateway/oci.py`), and where to reach its registry. Raises PackageError."""
+    validate_image_package(
+        deployment.package_name,
+        deployment.package_version,
+        deployment.entry_command,
+        deployment.entry_args or [],
+    )
+    image = image_reference(deployment.package_name, deployment.package_version)
+    registries = {
+        host: url for host, url in settings.OCI_REGISTRY_URLS.items() if host == image.registry
+    }
+    return {
+        "reference": str(image),
+        "registries": registries,
+        "max_bytes": settings.OCI_MAX_IMAGE_MB << 20,
+    }
+
+
+def uses_volume(deployment: Deployment) -> bool:
+    """A source build or a pulled image is kept on a volume of the deployment's own."""
+    return deployment.package_registry in (PackageRegistry.SOURCE, PackageRegistry.OCI)
+
+
 def machine_config(deployment: Deployment) -> dict:
     """The machine's config: no secret in it (they come from the app's secrets at boot). A
     source deployment's volume is mounted by the reconciler, which knows the volume's id."""
@@ -169,6 +196,11 @@ def machine_config(deployment: Deployment) -> dict:
         spec, command = source_spec(deployment)
         env["CATWALK_SOURCE"] = json.dumps(spec, sort_keys=True)
         env["CATWALK_RUNNER_BUILDS"] = f"{VOLUME_PATH}/builds"
+    elif deployment.package_registry == PackageRegistry.OCI:
+        env["CATWALK_IMAGE"] = json.dumps(image_spec(deployment), sort_keys=True)
+        env["CATWALK_RUNNER_IMAGES"] = f"{VOLUME_PATH}/images"
+        # The image's own command, unless the deployment gives arguments in its place.
+        command = list(deployment.entry_args or [])
     else:
         command = deployment_command(deployment)
     return {
@@ -219,7 +251,9 @@ def machine_config(deployment: Deployment) -> dict:
 @register
 class FlyRuntime(Runtime):
     kind = "fly"
-    registries = frozenset({PackageRegistry.NPM, PackageRegistry.PYPI, PackageRegistry.SOURCE})
+    registries = frozenset(
+        {PackageRegistry.NPM, PackageRegistry.PYPI, PackageRegistry.SOURCE, PackageRegistry.OCI}
+    )
     # Fly's proxy starts a stopped machine for a request relayed through it.
     proxy_wakes = True
     # A source deployment is built by its runner at first boot, into its own volume.
@@ -412,7 +446,7 @@ def _reconcile(client: FlyClient, deployment: Deployment, app: FlyApp) -> Outcom
     if not _ensure_app(client, deployment, app):
         return Outcome(again=STARTING_RECHECK_SECONDS)
     _ensure_ip(client, app)
-    if deployment.package_registry == PackageRegistry.SOURCE:
+    if uses_volume(deployment):
         _ensure_volume(client, deployment, app)
         config["mounts"] = [{"volume": app.volume_id, "path": VOLUME_PATH}]
     _ensure_secrets(client, app, secret_values)
@@ -498,7 +532,7 @@ def _ensure_volume(client: FlyClient, deployment: Deployment, app: FlyApp) -> No
     else:
         try:
             volume = client.create_volume(
-                app.name, VOLUME_NAME, settings.FLY_REGION, settings.FLY_SOURCE_VOLUME_GB
+                app.name, VOLUME_NAME, settings.FLY_REGION, settings.FLY_VOLUME_GB
             )
         except FlyError as exc:
             if not exc.ambiguous:

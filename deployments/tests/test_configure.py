@@ -247,7 +247,32 @@ def test_a_package_catwalk_cannot_run_is_refused_before_the_form(owner, owner_cl
 
     assert response.status_code == 400
     assert b"cannot run this package" in response.content
-    assert b"oci packages cannot be run yet" in response.content
+    assert b"OCI image packages run on the Fly runtime, which this Catwalk does not" in (
+        response.content
+    )
+
+
+def test_an_image_is_offered_on_fly_alone_and_deployed_there(owner, owner_client, settings):
+    settings.FLY_API_TOKEN, settings.FLY_ORG = "fly-token", "acme"
+    settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
+    image = {"registryType": "oci", "identifier": "ghcr.io/acme/weather", "version": "1.4.0"}
+    analysis = make_analysis(
+        owner, status=AnalysisStatus.SUCCEEDED, result=server_json(packages=[image])
+    )
+
+    html = owner_client.get(url(analysis)).content.decode()
+    assert 'name="deployment-runtime" value="fly"' in html
+    assert 'value="local"' not in html  # this host does not run images
+
+    refused = owner_client.post(url(analysis), good_post(**{"deployment-runtime": "local"}))
+    assert refused.status_code == 400 and not Deployment.objects.exists()
+    response = owner_client.post(url(analysis), good_post())
+    assert response.status_code == 303
+    deployment = Deployment.objects.get()
+    assert (deployment.runtime, deployment.package_spec) == (
+        "fly",
+        "oci:ghcr.io/acme/weather:1.4.0",
+    )
 
 
 def test_a_host_path_named_by_the_repository_never_becomes_the_command(

@@ -93,11 +93,26 @@ def test_a_fly_deployment_is_refused_while_fly_is_not_configured(db, owner):
     assert not Deployment.objects.exists()
 
 
-def test_packages_fly_cannot_run_yet_are_refused_with_the_reason(db, owner, fly_configured):
+def test_an_oci_package_becomes_a_runner_machine_that_pulls_its_image(
+    db, owner, fly_configured, settings
+):
+    settings.OCI_REGISTRY_URLS = {"ghcr.io": "https://mirror.example", "quay.io": "https://q"}
     package = services.PackageSpec("oci", "ghcr.io/acme/server", "1.0")
-    with pytest.raises(services.DeploymentError, match="OCI image packages cannot run on"):
-        services.create_deployment(owner, package, runtime="fly", issued_to="test")
-    assert not Deployment.objects.exists()
+    deployment, _ = services.create_deployment(
+        owner, package, runtime="fly", issued_to="test", entry_args=["--stdio"]
+    )
+
+    config = fly.machine_config(deployment)
+
+    assert config["image"] == settings.FLY_RUNNER_IMAGE
+    assert json.loads(config["env"]["CATWALK_IMAGE"]) == {
+        "reference": "ghcr.io/acme/server:1.0",
+        "registries": {"ghcr.io": "https://mirror.example"},  # only the image's own
+        "max_bytes": settings.OCI_MAX_IMAGE_MB << 20,
+    }
+    assert config["env"]["CATWALK_RUNNER_IMAGES"] == f"{fly.VOLUME_PATH}/images"
+    assert json.loads(config["env"]["CATWALK_SERVER_COMMAND"]) == ["--stdio"]
+    assert fly.uses_volume(deployment)
 
 
 def test_a_platform_without_a_supervisor_offers_only_fly(settings, fly_configured):

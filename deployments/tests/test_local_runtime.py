@@ -69,7 +69,9 @@ def test_package_runs_as_an_argv_list(args, argv):
         ("pypi", "--index-url", "", "not a valid PyPI project name"),
         ("pypi", "tool", "1.0; rm -rf /", "not a PEP 440 version"),
         ("pypi", "tool", ">=1.0", "not a PEP 440 version"),
-        ("oci", "ghcr.io/x/y", "", "oci packages cannot be run yet"),
+        ("oci", "ghcr.io/x/y", "", "not a command Catwalk runs on this host"),
+        ("oci", "ghcr.io/X/y", "", "not a valid"),
+        ("docker", "alpine", "", "docker packages cannot be run yet"),
     ],
 )
 def test_odd_package_names_and_versions_never_reach_a_command_line(

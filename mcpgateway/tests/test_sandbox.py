@@ -538,3 +538,123 @@ def test_without_cgroups_it_says_so_and_memory_falls_back_to_an_rlimit(area):
 def test_a_server_exiting_with_the_launchers_own_statuses_does_not_pass_for_them(area):
     assert run(area, "raise SystemExit(125)").returncode == 1
     assert run(area, "raise SystemExit(126)").returncode == 1
+
+
+# --- An image's files as the root (OCI packages) -------------------------------------------
+
+
+def image_root(folder: Path, script: str) -> Path:
+    """A minimal image: the host's dash as /bin/sh with the libraries it loads, and a script."""
+    root = folder / "image"
+    for line in subprocess.run(["ldd", "/bin/dash"], capture_output=True, text=True).stdout.split(
+        "\n"
+    ):
+        path = line.split("=>")[-1].split("(")[0].strip()
+        if path.startswith("/"):
+            target = root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(path).resolve().read_bytes())
+            target.chmod(0o755)
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    (root / "bin" / "sh").write_bytes(Path("/bin/dash").resolve().read_bytes())
+    (root / "bin" / "sh").chmod(0o755)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "srv").mkdir(exist_ok=True)
+    (root / "srv" / "main.sh").write_text(textwrap.dedent(script))
+    return root
+
+
+def run_image(folder: Path, root: Path, script_args=(), workdir="/srv", **changes):
+    profile = make_profile(
+        folder,
+        {"HOME": "/home/server", "PATH": "/bin", "API_KEY": "credential-for-the-image"},
+        root={"image": str(root), "workdir": workdir},
+        readonly=[],
+        **changes,
+    )
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(LAUNCHER), "--profile", str(profile), "--",
+         "/bin/sh", "/srv/main.sh", *script_args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "LAUNCHER_ONLY": "not for the server"},
+    )  # fmt: skip
+
+
+IMAGE_PROBE = """
+    echo "pwd=$PWD key=$API_KEY launcher=${LAUNCHER_ONLY:-unset}"
+    while read -r line; do
+        case $line in Uid:*|CapEff:*|NoNewPrivs:*) echo "$line";; esac
+    done < /proc/self/status
+    for path in /usr/bin/python3 /usr /etc/shadow /lib64 /.catwalk-host/usr/bin/setpriv; do
+        if [ -e "$path" ]; then echo "seen $path"; fi
+    done
+    preload=$(while read -r line; do echo "$line"; done < /etc/ld.so.preload)
+    echo "preload=[$preload]"
+    echo mine > ./written-by-the-server && echo "wrote-workdir"
+    echo mine > /srv/main.sh 2>/dev/null || echo "image-file-refused"
+    echo mine > /etc/owned 2>/dev/null || echo "etc-refused"
+    while read -r line; do case $line in server:*) echo "passwd $line";; esac; done < /etc/passwd
+"""
+
+
+def test_an_image_is_the_servers_root_with_nothing_of_the_hosts_system(area):
+    root = image_root(area, IMAGE_PROBE)
+    # What an image may ship to subvert the tools that build its sandbox, and a password file.
+    (root / "etc" / "ld.so.preload").write_text("/srv/evil.so\n")
+    (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    result = run_image(area, root)
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "pwd=/srv key=credential-for-the-image launcher=unset" in out
+    assert f"Uid:\t{UID}\t{UID}\t{UID}\t{UID}" in out
+    assert "CapEff:\t0000000000000000" in out and "NoNewPrivs:\t1" in out
+    # Nothing of the host but its /usr, read-only, where the set-up stages find their tools
+    # (a server on the host's system sees /usr too); the image has no /lib64 of its own here.
+    seen = [line for line in out.splitlines() if line.startswith("seen")]
+    assert seen == ["seen /.catwalk-host/usr/bin/setpriv"] or seen == [
+        "seen /lib64",
+        "seen /.catwalk-host/usr/bin/setpriv",
+    ], out
+    assert "preload=[]" in out  # the image's preload never loads into a privileged tool
+    assert "wrote-workdir" in out and "image-file-refused" in out and "etc-refused" in out
+    assert f"passwd server:x:{UID}:{UID}::" in out
+    # Every write landed in the sandbox's own layer: the image's files are as they were.
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert not (root / "srv" / "written-by-the-server").exists()
+
+
+def test_an_image_whose_etc_is_a_link_is_refused(area):
+    root = image_root(area, "echo ran")
+    (root / "etc").rmdir()
+    (root / "etc").symlink_to("/etc")
+
+    result = run_image(area, root)
+
+    assert result.returncode == sandbox.SETUP_EXIT_STATUS
+    assert "ran" not in result.stdout
+    assert "the image's /etc is not a folder" in result.stderr
+
+
+def test_an_images_links_at_the_set_up_places_are_not_followed(area):
+    outside = area / "outside"
+    outside.mkdir()
+    root = image_root(area, "echo ran in $PWD")
+    # A link where the host's tools go, and a working folder that links to a host folder.
+    (root / ".catwalk-host").symlink_to("/srv")
+    (root / "srv" / "work").symlink_to(str(outside))
+
+    ran = run_image(area, root)
+    linked = run_image(area, root, workdir="/srv/work")
+
+    assert ran.returncode == 0, ran.stderr
+    assert "ran in /srv" in ran.stdout
+    assert (root / ".catwalk-host").is_symlink()  # the image is untouched
+    # The working folder's link is resolved in the image, where that host folder is not.
+    assert linked.returncode != 0 and "ran" not in linked.stdout
+    assert "Can't chdir to /srv/work" in linked.stderr
+    assert outside.stat().st_uid == os.getuid()  # never handed to the server's uid
