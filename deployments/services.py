@@ -107,6 +107,16 @@ class PackageSpec:
     version: str = ""
 
 
+def image_package(name: str, version: str = "") -> PackageSpec:
+    """An OCI package in one spelling: `registry/repository` and its tag or digest, whether
+    the tag came in the name (as server.json's identifiers often have it) or apart. Raises
+    PackageError."""
+    image = image_reference(name, version)
+    return PackageSpec(
+        PackageRegistry.OCI, f"{image.registry}/{image.repository}", image.digest or image.tag
+    )
+
+
 def parse_package_spec(spec: str) -> PackageSpec:
     """Parse `npm:NAME[@VERSION]`, `pypi:NAME[==VERSION]` or `oci:IMAGE[:TAG|@DIGEST]`.
     Raises PackageError."""
@@ -120,10 +130,7 @@ def parse_package_spec(spec: str) -> PackageSpec:
     elif registry == PackageRegistry.PYPI:
         name, _, version = rest.partition("==")
     elif registry == PackageRegistry.OCI:
-        image = image_reference(rest)
-        return PackageSpec(
-            registry, f"{image.registry}/{image.repository}", image.digest or image.tag
-        )
+        return image_package(rest)
     else:
         raise PackageError(f"unknown registry {registry!r}: use npm:, pypi: or oci:")
     if not version and rest != name:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -58,6 +59,7 @@ from deployments.services import (
     create_token,
     default_name,
     delete_deployment,
+    image_package,
     remove_credential,
     restart_deployment,
     revoke_token,
@@ -270,11 +272,15 @@ def _why_not_deployable(analysis: Analysis) -> str:
 
 
 def _package_spec(package: dict) -> PackageSpec:
-    return PackageSpec(
+    spec = PackageSpec(
         str(package.get("registryType", "")),
         str(package.get("identifier", "")),
         str(package.get("version") or ""),
     )
+    if spec.registry == PackageRegistry.OCI:
+        with contextlib.suppress(PackageError):  # refused, with the reason, where it is checked
+            return image_package(spec.name, spec.version)
+    return spec
 
 
 @login_required

@@ -252,10 +252,20 @@ def test_a_package_catwalk_cannot_run_is_refused_before_the_form(owner, owner_cl
     )
 
 
-def test_an_image_is_offered_on_fly_alone_and_deployed_there(owner, owner_client, settings):
+@pytest.mark.parametrize(
+    ("identifier", "version"),
+    [
+        ("ghcr.io/acme/weather", "1.4.0"),
+        ("ghcr.io/acme/weather:1.4.0", ""),
+        ("ghcr.io/acme/weather:1.4.0", "1.4.0"),
+    ],
+)
+def test_an_image_is_offered_on_fly_alone_and_deployed_there(
+    owner, owner_client, settings, identifier, version
+):
     settings.FLY_API_TOKEN, settings.FLY_ORG = "fly-token", "acme"
     settings.FLY_RUNNER_IMAGE = "registry.fly.io/catwalk-runner:test"
-    image = {"registryType": "oci", "identifier": "ghcr.io/acme/weather", "version": "1.4.0"}
+    image = {"registryType": "oci", "identifier": identifier, "version": version}
     analysis = make_analysis(
         owner, status=AnalysisStatus.SUCCEEDED, result=server_json(packages=[image])
     )
@@ -263,6 +273,8 @@ def test_an_image_is_offered_on_fly_alone_and_deployed_there(owner, owner_client
     html = owner_client.get(url(analysis)).content.decode()
     assert 'name="deployment-runtime" value="fly"' in html
     assert 'value="local"' not in html  # this host does not run images
+    # Named after the repository, however the tag was given.
+    assert 'value="weather"' in tag(html.encode(), "input", "deployment-name")
 
     refused = owner_client.post(url(analysis), good_post(**{"deployment-runtime": "local"}))
     assert refused.status_code == 400 and not Deployment.objects.exists()
