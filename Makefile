@@ -40,8 +40,11 @@ run: $(VENV)/.installed
 	@echo
 	CATWALK_HOST=$(HOST) CATWALK_PORT=$(PORT) $(BIN)/honcho --procfile Procfile.dev start
 
+# The suite runs in two workers, a test file each at a time (pytest-xdist): most tests wait on
+# servers they start, so two keep both cores busy. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
-	CATWALK_TESTING=1 $(BIN)/pytest $(PYTEST_ARGS)
+	CATWALK_TESTING=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from django.utils.csp import CSP
 
@@ -19,11 +20,16 @@ from catwalk import config
 from catwalk.config import SettingError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(config.read("CATWALK_DATA_DIR", str(BASE_DIR / "data"))).resolve()
-DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, database, caches
-
 DEBUG = config.read_bool("DEBUG", default=True)
 TESTING = config.read_bool("CATWALK_TESTING", default=False)
+# `make test` runs the suite in parallel workers (pytest-xdist) on one host: each gets a data
+# folder, a Redis database and a range of sandbox uids of its own (worker N: database N + 1).
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "") if TESTING else ""
+TEST_WORKER = int(_worker[2:]) if _worker.startswith("gw") and _worker[2:].isdigit() else None
+
+_data_default = BASE_DIR / "data" / (f"test-gw{TEST_WORKER}" if TEST_WORKER is not None else "")
+DATA_DIR = Path(config.read("CATWALK_DATA_DIR", str(_data_default))).resolve()
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys, database, caches
 
 # --- Secrets and hosts: development defaults that production refuses -----------------------
 SECRET_KEY = config.read("SECRET_KEY")
@@ -129,6 +135,8 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.read_redis("REDIS_URL")
+if REDIS_URL and TEST_WORKER is not None:
+    REDIS_URL = urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{TEST_WORKER + 1}"))
 
 if REDIS_URL:
     CACHES = {
@@ -365,6 +373,8 @@ LOCAL_SESSION_IDLE_TIMEOUT_SECONDS = config.read_int(
 UNSAFE_NO_SANDBOX = config.read_bool("CATWALK_UNSAFE_NO_SANDBOX", default=False)
 # Each deployment runs as its own uid, allocated upwards from here (never root, never Catwalk's).
 SANDBOX_UID_BASE = config.read_int("SANDBOX_UID_BASE", 200_000, minimum=10_000)
+if TEST_WORKER is not None:
+    SANDBOX_UID_BASE += 1_000_000 * (TEST_WORKER + 1)
 # Limits per deployment (per session process in isolated mode): memory (cgroup), CPU in cores
 # (cgroup), processes of its uid (cgroup and rlimit), open files, and its writable folders
 # (home, work, /tmp), a tmpfs that lives as long as the process.

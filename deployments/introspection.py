@@ -34,9 +34,9 @@ from mcp_types import CONNECTION_CLOSED, Implementation, PaginatedRequestParams
 from pydantic import BaseModel
 
 from analysis.findings import EXECUTABLE_NAME
-from deployments.models import Deployment
+from deployments.models import Deployment, PackageRegistry
 from deployments.runtimes import fly, sandbox
-from deployments.runtimes.base import Endpoint, package_command
+from deployments.runtimes.base import Endpoint, package_command, validate_image_package
 from deployments.runtimes.fly_api import FlyError
 from deployments.runtimes.local import (
     SANDBOX_BINDS,
@@ -176,9 +176,15 @@ def introspect_package(
     Raises PackageError for an invalid package, name, version or entry.
     """
     if settings.FLY_JOBS:
-        # The runner image has npx and uvx on its PATH.
-        command = package_command(registry, identifier, version, entry, arguments)
-        return _introspect_on_fly(command, dict(environment or {}), secret_names, timeout)
+        image = None
+        if registry == PackageRegistry.OCI:
+            # The job's runner pulls the image and runs its entrypoint with these arguments.
+            validate_image_package(identifier, version, entry, arguments)
+            command, image = list(arguments), fly.image_spec_for(identifier, version)
+        else:
+            # The runner image has npx and uvx on its PATH.
+            command = package_command(registry, identifier, version, entry, arguments)
+        return _introspect_on_fly(command, dict(environment or {}), secret_names, timeout, image)
     command = package_command(
         registry,
         identifier,
@@ -243,14 +249,18 @@ def introspect_package(
 
 
 def _introspect_on_fly(
-    command: list[str], given: dict[str, str], secret_names: Collection[str], timeout: float
+    command: list[str],
+    given: dict[str, str],
+    secret_names: Collection[str],
+    timeout: float,
+    image: dict | None = None,
 ) -> IntrospectionResult:
     """`introspect_package` in a short-lived Fly machine (`FLY_JOBS`): the worker runs nothing
     of the package's. Its stderr comes from Fly's logs."""
     started = time.monotonic()
     stderr: list[str] = []
     try:
-        with fly.job_machine(command, given, timeout) as job:
+        with fly.job_machine(command, given, timeout, image) as job:
             remaining = max(timeout - (time.monotonic() - started), 1.0)
             connect = partial(_http_streams, job.endpoint)
             result = anyio.run(partial(_converse, connect, remaining))

@@ -14,7 +14,8 @@ The machine's environment (set by the Fly runtime, `deployments/runtimes/fly.py`
   into the volume at `CATWALK_RUNNER_BUILDS` (default `/data/builds`) before the bridge starts
   (`mcpgateway/runner_source.py`); the server then sees its build at /srv/app;
 * `CATWALK_IMAGE` (OCI deployments): the image, JSON `{"reference", "registries", "max_bytes"}`,
-  pulled once into the volume at `CATWALK_RUNNER_IMAGES` (default `/data/images`) before the
+  pulled once into the volume at `CATWALK_RUNNER_IMAGES` (the Fly runtime sets `/data/images`;
+  without it, `images` in the runner's root, which a machine loses at every boot) before the
   bridge starts (`mcpgateway/oci.py`); the server is then the image's entrypoint, with
   `CATWALK_SERVER_COMMAND` (maybe `[]`) as the arguments that replace the image's command, run
   in the sandbox with the image's files as its root;
@@ -71,7 +72,6 @@ DEFAULT_ROOT = "/var/lib/catwalk-runner"
 DEFAULT_SANDBOX_UID = 10_000
 DEFAULT_MAX_SESSIONS = 1000
 DEFAULT_SESSION_IDLE_TIMEOUT = 1800.0
-DEFAULT_IMAGES = "/data/images"
 # The folder holding the `mcpgateway` package: the bridge runs with it as working directory,
 # which makes `-m mcpgateway.bridge` importable without a PYTHONPATH.
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ class RunnerConfig:
     source: runner_source.SourceSpec | None = None
     builds: Path = Path(runner_source.DEFAULT_BUILDS)
     image: ImageSpec | None = None
-    images: Path = Path(DEFAULT_IMAGES)
+    images: Path = Path(DEFAULT_ROOT) / "images"
 
     @property
     def build_uid(self) -> int:
@@ -267,7 +267,8 @@ def read_config(environ: Mapping[str, str]) -> RunnerConfig:
     builds = Path(environ.get("CATWALK_RUNNER_BUILDS", "").strip() or runner_source.DEFAULT_BUILDS)
     if not builds.is_absolute():
         raise ConfigError(f"CATWALK_RUNNER_BUILDS must be an absolute path, not {str(builds)!r}")
-    images = Path(environ.get("CATWALK_RUNNER_IMAGES", "").strip() or DEFAULT_IMAGES)
+    # Without a volume (a job machine), the machine's own root filesystem, gone with it.
+    images = Path(environ.get("CATWALK_RUNNER_IMAGES", "").strip() or root / "images")
     if not images.is_absolute():
         raise ConfigError(f"CATWALK_RUNNER_IMAGES must be an absolute path, not {str(images)!r}")
     unsafe = _flag(environ, "CATWALK_UNSAFE_NO_SANDBOX")

@@ -171,7 +171,12 @@ def image_spec(deployment: Deployment) -> dict:
         deployment.entry_command,
         deployment.entry_args or [],
     )
-    image = image_reference(deployment.package_name, deployment.package_version)
+    return image_spec_for(deployment.package_name, deployment.package_version)
+
+
+def image_spec_for(name: str, version: str) -> dict:
+    """`CATWALK_IMAGE` for the image `name` at `version`. Raises PackageError."""
+    image = image_reference(name, version)
     registries = {
         host: url for host, url in settings.OCI_REGISTRY_URLS.items() if host == image.registry
     }
@@ -848,8 +853,11 @@ class JobError(Exception):
 
 
 @contextlib.contextmanager
-def job_machine(command: list[str], environment: dict[str, str], timeout: float):
-    """Run `command` (an MCP server) in a machine of its own until the block ends.
+def job_machine(
+    command: list[str], environment: dict[str, str], timeout: float, image: dict | None = None
+):
+    """Run `command` (an MCP server) in a machine of its own until the block ends; with
+    `image` (a `CATWALK_IMAGE` spec), that image's entrypoint, `command` its arguments.
 
     When Catwalk itself runs on Fly (`FLY_JOBS`), an analysis's introspection and a draft's
     preflight run the server here rather than on the worker: a throwaway app on a network of
@@ -868,6 +876,7 @@ def job_machine(command: list[str], environment: dict[str, str], timeout: float)
             "CATWALK_DEPLOYMENT": "job",
             "CATWALK_SERVER_COMMAND": json.dumps(command),
             "CATWALK_BRIDGE_MODE": "shared",
+            **({"CATWALK_IMAGE": json.dumps(image, sort_keys=True)} if image else {}),
         },
         "guest": {
             "cpu_kind": settings.FLY_GUEST_CPU_KIND,
@@ -912,15 +921,27 @@ def job_machine(command: list[str], environment: dict[str, str], timeout: float)
 
 
 def _wait_for_bridge(endpoint: Endpoint, deadline) -> None:
-    """Until the job's bridge answers /healthz through the proxy (which starts the machine)."""
+    """Until the job's bridge answers /healthz through the proxy (which starts the machine);
+    the runner's own answers while it pulls an image do not count, and a failed pull ends the
+    wait with its reason."""
     last = "no answer yet"
     with endpoint.client(PROBE_TIMEOUT_SECONDS) as http:
         while timezone.now() < deadline:
             try:
                 response = http.get("/healthz")
-                if response.status_code == 200:
+                try:
+                    health = response.json()
+                except ValueError:
+                    health = {}
+                health = health if isinstance(health, dict) else {}
+                if health.get("phase") == "build":
+                    if health.get("status") == "crashed":
+                        raise JobError(str(health.get("last_error") or "the image was not pulled"))
+                    last = str(health.get("detail") or "preparing")
+                elif response.status_code == 200:
                     return
-                last = f"HTTP {response.status_code}"
+                else:
+                    last = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 last = str(exc) or type(exc).__name__
             time.sleep(JOB_READY_POLL_SECONDS)

@@ -361,7 +361,7 @@ class FlyStandin:
         region: str = "iad",
         org_slug: str = "personal",
         foreign_apps: Iterable[str] = (),
-        sandbox_uid_base: int = 20000,
+        sandbox_uid_base: int | None = None,
     ) -> None:
         self.token = token
         self.runner_command = list(runner_command)
@@ -372,7 +372,11 @@ class FlyStandin:
         self.region = region
         self.org_slug = org_slug
         self.foreign_apps = set(foreign_apps)
-        self._sandbox_uids = iter(range(sandbox_uid_base, sandbox_uid_base + 1_000_000))
+        if sandbox_uid_base is None:
+            # Parallel test workers on one host each take uids of their own.
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+            sandbox_uid_base = 20_000 + 100_000 * (int(worker) if worker.isdigit() else 0)
+        self._sandbox_uids = iter(range(sandbox_uid_base, sandbox_uid_base + 100_000))
         self._root = Path(tempfile.mkdtemp(prefix="fly-standin-"))
         self._apps: dict[str, _App] = {}
         self._faults: list[_Fault] = []

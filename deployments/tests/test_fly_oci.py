@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deployments import services
+from deployments import introspection, services
 from deployments.models import Deployment, FlyApp, Status
 from deployments.runtimes import fly, sandbox
 from deployments.tests.conftest import call_tool
@@ -161,6 +161,20 @@ def test_an_image_that_cannot_be_pulled_fails_the_deployment_with_the_reason(
     (machine,) = standin.machines(app_of(deployment).name)
     assert machine["state"] in ("stopping", "stopped")  # pulling again would fail the same way
     delete_and_settle(deployment)
+
+
+def test_an_analysis_lists_an_images_tools_in_a_throwaway_machine(standin, image, fly_settings):
+    fly_settings.FLY_JOBS = True
+    name, _, tag = image.rpartition(":")
+
+    listed = introspection.introspect_package("oci", name, tag, timeout=90)
+    missing = introspection.introspect_package("oci", name, "no-such-tag", timeout=90)
+
+    assert listed.ok, listed.error
+    assert {tool["name"] for tool in listed.tools} == {"echo", "getenv"}
+    assert not missing.ok
+    assert "The image could not be pulled" in missing.error and "not found" in missing.error
+    assert standin.apps() == []  # both jobs' apps, and their machines, are gone
 
 
 def test_an_image_runs_on_fly_only_and_never_as_a_host_command(db, owner, fly_settings):
