@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from deployments.runtimes import sandbox
@@ -106,7 +107,8 @@ def test_warmed_packages_start_offline_and_the_shared_cache_stays_untouched(data
     assert time_server["result"]["serverInfo"]["name"] == "mcp-time"
     # Both servers wrote (npm's index, uv's environments): into their own layers only.
     assert {name: snapshot(cache_root() / name) for name in ("npm", "uv")} == before
-    assert not any(path.stat().st_uid >= 200_000 for path in npm.rglob("*"))
+    # Owned by the warming uid, never by a deployment's.
+    assert not any(path.stat().st_uid >= settings.SANDBOX_UID_BASE for path in npm.rglob("*"))
 
 
 def test_an_unprepared_cache_is_not_layered(data_dir):
