@@ -40,8 +40,8 @@ class Command(BaseCommand):
         what = parser.add_mutually_exclusive_group(required=True)
         what.add_argument(
             "--package",
-            metavar="npm:NAME[@VERSION]|pypi:NAME[==VERSION]",
-            help="A published package to run.",
+            metavar="npm:NAME[@VERSION]|pypi:NAME[==VERSION]|oci:IMAGE[:TAG]",
+            help="A published package to run (an OCI image runs on --runtime fly).",
         )
         what.add_argument(
             "--repo",
