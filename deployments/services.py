@@ -122,7 +122,9 @@ def parse_package_spec(spec: str) -> PackageSpec:
     Raises PackageError."""
     registry, separator, rest = spec.partition(":")
     if not separator or not rest:
-        raise PackageError(f"{spec!r} is not npm:NAME[@VERSION] or pypi:NAME[==VERSION]")
+        raise PackageError(
+            f"{spec!r} is not npm:NAME[@VERSION], pypi:NAME[==VERSION] or oci:IMAGE[:TAG]"
+        )
     if registry == PackageRegistry.NPM:
         # A scoped name starts with "@", so the version is after a later "@".
         at = rest.find("@", 1)
