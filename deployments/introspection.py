@@ -36,7 +36,7 @@ from pydantic import BaseModel
 from analysis.findings import EXECUTABLE_NAME
 from deployments.models import Deployment, PackageRegistry
 from deployments.runtimes import fly, sandbox
-from deployments.runtimes.base import Endpoint, package_command, validate_image_package
+from deployments.runtimes.base import Endpoint, package_command
 from deployments.runtimes.fly_api import FlyError
 from deployments.runtimes.local import (
     SANDBOX_BINDS,
@@ -179,8 +179,8 @@ def introspect_package(
         image = None
         if registry == PackageRegistry.OCI:
             # The job's runner pulls the image and runs its entrypoint with these arguments.
-            validate_image_package(identifier, version, entry, arguments)
-            command, image = list(arguments), fly.image_spec_for(identifier, version)
+            image = fly.image_spec_for(identifier, version, entry, arguments)
+            command = list(arguments)
         else:
             # The runner image has npx and uvx on its PATH.
             command = package_command(registry, identifier, version, entry, arguments)

@@ -219,13 +219,16 @@ def image_reference(name: str, version: str = "") -> oci.Reference:
         raise PackageError(str(exc)) from None
 
 
-def validate_image_package(name: str, version: str, entry_command: str, entry_args) -> None:
+def validate_image_package(
+    name: str, version: str, entry_command: str, entry_args
+) -> oci.Reference:
     """An OCI package runs its image's entrypoint; `entry_args` replace the image's command
-    (as `docker run IMAGE ARGS` does). Raises PackageError."""
-    image_reference(name, version)
+    (as `docker run IMAGE ARGS` does). Returns the image; raises PackageError."""
+    image = image_reference(name, version)
     if entry_command:
         raise PackageError("an OCI image runs its own entrypoint; give arguments only")
     validate_entry("", entry_args)
+    return image
 
 
 def validate_entry(entry_command: str, entry_args: Sequence[object]) -> None:

@@ -65,7 +65,6 @@ from deployments.runtimes.base import (
     bridge_secret,
     crash_reason,
     deployment_command,
-    image_reference,
     list_tools,
     register,
     validate_image_package,
@@ -165,18 +164,18 @@ def source_spec(deployment: Deployment) -> tuple[dict, list[str]]:
 def image_spec(deployment: Deployment) -> dict:
     """An OCI deployment's `CATWALK_IMAGE`: the image its runner pulls, once, into its volume
     (`mcpgateway/oci.py`), and where to reach its registry. Raises PackageError."""
-    validate_image_package(
+    return image_spec_for(
         deployment.package_name,
         deployment.package_version,
         deployment.entry_command,
         deployment.entry_args or [],
     )
-    return image_spec_for(deployment.package_name, deployment.package_version)
 
 
-def image_spec_for(name: str, version: str) -> dict:
-    """`CATWALK_IMAGE` for the image `name` at `version`. Raises PackageError."""
-    image = image_reference(name, version)
+def image_spec_for(name: str, version: str, entry: str = "", arguments=()) -> dict:
+    """`CATWALK_IMAGE` for the image `name` at `version`, its entry and arguments checked as
+    for any OCI package. Raises PackageError."""
+    image = validate_image_package(name, version, entry, arguments)
     registries = {
         host: url for host, url in settings.OCI_REGISTRY_URLS.items() if host == image.registry
     }
